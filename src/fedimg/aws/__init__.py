@@ -1,0 +1,1 @@
+"""Everything fedimg does to AWS, one module per pipeline stage."""

@@ -1,0 +1,101 @@
+"""boto3 clients per region: endpoint override, explicit timeouts, and the one retry layer.
+
+Retry budget (the only one in fedimg): botocore "standard" mode, ``aws.max_attempts`` attempts per
+request including the first, exponential backoff with jitter capped at 20 s, on throttling, 5xx
+and connection errors. fedimg's own code never loops around a failed request; it only waits for
+*state* (snapshot completed, image available) with deadlines.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import botocore.config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from fedimg.config import AwsSettings
+from fedimg.errors import AwsError
+
+if TYPE_CHECKING:
+    from mypy_boto3_ebs import EBSClient
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ssm import SSMClient
+
+# Error codes that mean "try again later" rather than "this request is wrong".
+TRANSIENT_CODES = frozenset(
+    {
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalError",
+        "InternalServerError",
+        "InternalServerException",
+        "Unavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+
+@dataclass
+class Clients:
+    """Lazily created, thread-safe cache of clients for one set of AWS settings."""
+
+    settings: AwsSettings
+    pool_size: int = 10
+    session: boto3.session.Session = field(default_factory=boto3.session.Session)
+    _cache: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _client(self, service: str, region: str) -> Any:
+        key = (service, region)
+        with self._lock:
+            if key not in self._cache:
+                cfg = botocore.config.Config(
+                    region_name=region,
+                    connect_timeout=self.settings.connect_timeout,
+                    read_timeout=self.settings.read_timeout,
+                    retries={"mode": "standard", "max_attempts": self.settings.max_attempts},
+                    max_pool_connections=self.pool_size,
+                )
+                self._cache[key] = self.session.client(
+                    service,  # type: ignore[call-overload]
+                    region_name=region,
+                    endpoint_url=self.settings.endpoint_url or None,
+                    config=cfg,
+                )
+            return self._cache[key]
+
+    def ec2(self, region: str) -> EC2Client:
+        return self._client("ec2", region)  # type: ignore[no-any-return]
+
+    def ebs(self, region: str) -> EBSClient:
+        return self._client("ebs", region)  # type: ignore[no-any-return]
+
+    def ssm(self, region: str) -> SSMClient:
+        return self._client("ssm", region)  # type: ignore[no-any-return]
+
+
+def error_code(err: BaseException) -> str:
+    if isinstance(err, ClientError):
+        return str(err.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def translate(err: BaseException, what: str) -> AwsError:
+    """One place where botocore's errors become fedimg's: with context, and whether to retry."""
+    if isinstance(err, ClientError):
+        code = error_code(err)
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        msg = err.response.get("Error", {}).get("Message", "")
+        retryable = code in TRANSIENT_CODES or status >= 500
+        return AwsError(f"{what}: {code or status}: {msg}".rstrip(": "), retryable=retryable)
+    if isinstance(err, BotoCoreError):
+        return AwsError(f"{what}: {err}", retryable=True)
+    return AwsError(f"{what}: {err}", retryable=False)

@@ -1,0 +1,152 @@
+"""The snapshot becomes an AMI in the base region, with everything Fedora's AMIs need."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from fedimg.aws.clients import Clients, translate
+from fedimg.aws.wait import wait_until
+from fedimg.config import Settings
+from fedimg.errors import InputError
+from fedimg.identity import TAG_KEY, TAG_ROLE, ImageIdentity, tag_list
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+
+log = logging.getLogger(__name__)
+
+ROOT_DEVICE = "/dev/sda1"  # Fedora's choice
+AMI_NAME_RE = re.compile(r"^[a-zA-Z0-9()./_ -]{3,128}$")
+
+
+@dataclass(frozen=True)
+class RegisteredImage:
+    ami: str
+    region: str
+    name: str
+    reused: bool
+
+
+def ami_name(settings: Settings, identity: ImageIdentity, region: str) -> str:
+    name = settings.image.name_template.format(
+        image_name=identity.image_name,
+        region=region,
+        volume_type=settings.image.volume_type,
+        arch=identity.arch,
+        release=identity.release,
+        subvariant=identity.subvariant,
+        compose_id=identity.compose_id,
+    )
+    return checked_ami_name(name)
+
+
+def checked_ami_name(name: str) -> str:
+    if not AMI_NAME_RE.match(name):
+        raise InputError(
+            f"AMI name {name!r}: must be 3-128 characters of letters, digits, ( ) . / _ - and space"
+        )
+    return name
+
+
+def find_image(ec2: EC2Client, identity: ImageIdentity, name: str) -> str | None:
+    """Our AMI in this region: by the image-key tag, or by its (region-unique) name."""
+    for filters in (
+        [{"Name": f"tag:{TAG_KEY}", "Values": [identity.key]}],
+        [{"Name": "name", "Values": [name]}],
+    ):
+        images = ec2.describe_images(Owners=["self"], Filters=filters)["Images"]  # type: ignore[arg-type]
+        live = [i for i in images if i.get("State") not in ("deregistered", "failed", "error")]
+        if live:
+            return sorted(live, key=lambda i: i.get("CreationDate", ""))[0]["ImageId"]
+    return None
+
+
+def register_params(
+    settings: Settings, identity: ImageIdentity, snapshot_id: str, volume_gib: int, name: str
+) -> dict[str, Any]:
+    img = settings.image
+    tags = tag_list(identity.tags(img.tags) | {TAG_ROLE: "base"})
+    params: dict[str, Any] = {
+        "Name": name,
+        "Description": f"Fedora image {identity.image_name}",
+        "Architecture": identity.aws_arch,
+        "VirtualizationType": "hvm",
+        "RootDeviceName": ROOT_DEVICE,
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": ROOT_DEVICE,
+                "Ebs": {
+                    "SnapshotId": snapshot_id,
+                    "VolumeSize": volume_gib,
+                    "VolumeType": img.volume_type,
+                    "DeleteOnTermination": True,
+                },
+            }
+        ],
+        "EnaSupport": img.ena,
+        "BootMode": img.boot_mode.get(identity.arch, "uefi"),
+        "TagSpecifications": [
+            {"ResourceType": "image", "Tags": tags},
+            {"ResourceType": "snapshot", "Tags": tags},
+        ],
+    }
+    if img.sriov:
+        params["SriovNetSupport"] = "simple"
+    if img.imds_v2:
+        params["ImdsSupport"] = "v2.0"
+    if img.tpm:
+        params["TpmSupport"] = "v2.0"
+    return params
+
+
+def register_image_if_not_exists(
+    settings: Settings,
+    clients: Clients,
+    identity: ImageIdentity,
+    snapshot_id: str,
+    volume_gib: int,
+    *,
+    name: str | None = None,
+) -> RegisteredImage:
+    """Registers the AMI unless this image already has one in the base region.
+
+    Safe to re-run: the AMI is found by tag or name first; tags are re-applied either way, so a
+    run that crashed between RegisterImage and tagging converges.
+    """
+    region = settings.aws.base_region
+    ec2 = clients.ec2(region)
+    name = checked_ami_name(name) if name else ami_name(settings, identity, region)
+    what = f"AMI {name} in {region}"
+    try:
+        ami = find_image(ec2, identity, name)
+        reused = ami is not None
+        if ami is None:
+            volume_gib = volume_gib or _snapshot_size(ec2, snapshot_id)
+            params = register_params(settings, identity, snapshot_id, volume_gib, name)
+            ami = ec2.register_image(**params)["ImageId"]
+            log.info("%s: registered %s", identity.image_name, ami)
+        # TagSpecifications are atomic on AWS; re-applying makes stand-ins and crashes converge.
+        tags = tag_list(identity.tags(settings.image.tags) | {TAG_ROLE: "base"})
+        ec2.create_tags(Resources=[ami], Tags=tags)
+        wait_image_available(ec2, ami, what, settings.aws.wait_seconds)
+    except (ClientError, BotoCoreError) as e:
+        raise translate(e, what) from e
+    return RegisteredImage(ami, region, name, reused)
+
+
+def wait_image_available(ec2: EC2Client, ami: str, what: str, deadline_s: float) -> None:
+    def state() -> str:
+        images = ec2.describe_images(ImageIds=[ami])["Images"]
+        return images[0].get("State", "") if images else ""
+
+    wait_until(what, state, done="available", failed=("failed", "error"), deadline_s=deadline_s)
+
+
+def _snapshot_size(ec2: EC2Client, snapshot_id: str) -> int:
+    snaps = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    return int(snaps[0].get("VolumeSize", 1)) if snaps else 1

@@ -1,0 +1,200 @@
+"""fedimg's command line. Thin: parses, sets up logging and output, calls the pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from fedimg import config as config_mod
+from fedimg.errors import ConfigError, FedimgError
+from fedimg.events import Event, Sink, fan_out, log_sink
+
+log = logging.getLogger("fedimg")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Context:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._settings: config_mod.Settings | None = None
+
+    @property
+    def settings(self) -> config_mod.Settings:
+        if self._settings is None:
+            self._settings = config_mod.load(self.config_path)
+        return self._settings
+
+
+def _fail_cleanly(fn: F) -> F:
+    """Known errors become one line on stderr: exit 2 for configuration, 1 for the rest."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            click.echo(f"fedimg: config error: {e}", err=True)
+            sys.exit(2)
+        except FedimgError as e:
+            click.echo(f"fedimg: error: {e}", err=True)
+            sys.exit(1)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar=config_mod.ENV_VAR,
+    help="fedimg TOML settings (default: $FEDIMG_CONFIG, else built-in defaults).",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for AWS calls).")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """fedimg: Fedora composes to tested, public Amazon EC2 images."""
+    level = logging.WARNING if verbose == 0 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fedimg").setLevel(logging.INFO if verbose == 0 else logging.DEBUG)
+    if verbose < 2:
+        for noisy in ("botocore", "boto3", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = _Context(config_path)
+
+
+@main.command()
+@click.argument("image")
+@click.option("--region", help="Base region (default: aws.base_region).")
+@click.option("--arch", type=click.Choice(["x86_64", "aarch64"]), help="Default: from the name.")
+@click.option("--sha256", help="Expected SHA-256 of the file as given (verified while reading).")
+@click.option("--name", "ami_name", help="AMI name (default: image.name_template).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+@_fail_cleanly
+def upload(
+    obj: _Context,
+    image: str,
+    region: str | None,
+    arch: str | None,
+    sha256: str | None,
+    ami_name: str | None,
+    as_json: bool,
+) -> None:
+    """Upload IMAGE (path or URL; .raw, .raw.xz, .raw.gz, .raw.zst) and register an AMI."""
+    from fedimg.aws.clients import Clients
+    from fedimg.identity import ImageIdentity, arch_from_name
+    from fedimg.source import image_name_of
+    from fedimg.upload import upload_image
+
+    settings = obj.settings
+    if region:
+        config_mod.validate(settings.with_aws(base_region=region))
+        settings = settings.with_aws(base_region=region)
+    identity = ImageIdentity(
+        image_name=image_name_of(image),
+        arch=arch or arch_from_name(image_name_of(image)),
+        sha256=(sha256 or "").lower(),
+        url=image,
+    )
+    clients = Clients(settings.aws, pool_size=settings.aws.upload_workers + 4)
+    with _progress(as_json) as progress:
+        outcome = upload_image(
+            image,
+            identity,
+            settings,
+            clients,
+            sink=fan_out([log_sink, progress]),
+            ami_name=ami_name,
+        )
+    if as_json:
+        click.echo(json.dumps(outcome.to_json()))
+    else:
+        click.echo(f"AMI {outcome.ami} ({outcome.name}) in {outcome.region}")
+        click.echo(f"snapshot {outcome.snapshot}")
+        click.echo(
+            f"{outcome.blocks_sent} blocks sent, {outcome.blocks_skipped} zero blocks skipped, "
+            f"{outcome.bytes_read} bytes read in {outcome.seconds:.1f} s"
+            + (" (reused an earlier upload)" if outcome.reused else "")
+        )
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Sink]:
+    """A rich progress bar on a terminal; otherwise a log line every few seconds."""
+    if quiet:
+        yield lambda e: None
+        return
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
+
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[blocks]}"),
+            TransferSpeedColumn(),
+            transient=True,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def show(e: Event) -> None:
+                if e.stage != "upload" or e.status != "progress":
+                    return
+                if e.image not in tasks:
+                    tasks[e.image] = bar.add_task(e.image, total=None, blocks="")
+                d = e.detail
+                bar.update(
+                    tasks[e.image],
+                    completed=d["bytes_read"],
+                    blocks=f"{d['blocks_sent']} sent, {d['blocks_skipped']} skipped",
+                )
+
+            yield show
+        return
+    last = [0.0]
+
+    def log_every_5s(e: Event) -> None:
+        if e.stage == "upload" and e.status == "progress" and time.monotonic() - last[0] > 5:
+            last[0] = time.monotonic()
+            d = e.detail
+            log.info(
+                "%s: %d bytes read, %d blocks sent, %d skipped",
+                e.image,
+                d["bytes_read"],
+                d["blocks_sent"],
+                d["blocks_skipped"],
+            )
+
+    yield log_every_5s
+
+
+@main.command()
+@click.pass_obj
+@_fail_cleanly
+def demo(obj: _Context) -> None:
+    """The whole job with no AWS account: a local AWS stand-in (moto) and a sample image."""
+    from fedimg.demo import run_demo
+
+    run_demo(obj.config_path)
+
+
+@main.command("check-config")
+@click.pass_obj
+@_fail_cleanly
+def check_config(obj: _Context) -> None:
+    """Validate the configuration and print the effective settings as JSON."""
+    import dataclasses
+
+    click.echo(json.dumps(dataclasses.asdict(obj.settings), indent=2, default=list))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

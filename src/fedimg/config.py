@@ -1,0 +1,329 @@
+"""fedimg's settings: one TOML file becomes typed, validated, frozen value objects.
+
+Unknown keys are errors, every error names its key (``aws.regions[2]``), and nothing else in fedimg
+reads the file. AWS credentials never appear here: they come from the standard AWS chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import string
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fedimg.errors import ConfigError
+
+ENV_VAR = "FEDIMG_CONFIG"
+ARCHES = ("x86_64", "aarch64")
+BOOT_MODES = ("legacy-bios", "uefi", "uefi-preferred")
+VOLUME_TYPES = ("gp2", "gp3", "io1", "io2", "st1", "sc1", "standard")
+REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+ACCOUNT_RE = re.compile(r"^\d{12}$")
+ORG_ARN_RE = re.compile(r"^arn:aws[a-z-]*:organizations::\d{12}:(organization|ou)/[a-z0-9/_-]+$")
+NAME_FIELDS = ("image_name", "region", "volume_type", "arch", "release", "subvariant", "compose_id")
+# A public AMI is deprecated by AWS after two years at most.
+MAX_DEPRECATION_DAYS = 730
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    base_region: str = "us-east-1"
+    regions: tuple[str, ...] = ("us-east-1",)
+    endpoint_url: str = ""
+    # The one retry layer (botocore "standard" mode): attempts per request, including the first.
+    max_attempts: int = 6
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    upload_workers: int = 48
+    # Minutes after which AWS abandons a snapshot that was started but never completed.
+    snapshot_timeout_minutes: int = 120
+    # Deadline for one snapshot/AMI/copy to become available (copies can take 30 min).
+    wait_seconds: int = 3600
+    # Concurrent copies of one image to other regions.
+    copy_workers: int = 24
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    volume_type: str = "gp3"
+    name_template: str = "{image_name}-hvm-{region}-{volume_type}-0"
+    boot_mode: dict[str, str] = field(
+        default_factory=lambda: {"x86_64": "uefi-preferred", "aarch64": "uefi"}
+    )
+    imds_v2: bool = True
+    ena: bool = True
+    sriov: bool = True
+    tpm: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+    # Largest decompressed image accepted (decompression-bomb guard); Fedora's are 5 GiB.
+    max_image_bytes: int = 32 * 1024**3
+
+
+@dataclass(frozen=True)
+class ComposeSettings:
+    types: tuple[str, ...] = ("raw-xz",)
+    subvariants: tuple[str, ...] = ("Cloud_Base",)
+    arches: tuple[str, ...] = ("x86_64", "aarch64")
+    # Images of one compose processed at once.
+    image_workers: int = 4
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    # "all" makes AMIs public; otherwise they are shared with the accounts/organizations below.
+    public: bool = True
+    user_ids: tuple[str, ...] = ()
+    organization_arns: tuple[str, ...] = ()
+    organizational_unit_arns: tuple[str, ...] = ()
+    # SSM parameter holding the latest AMI id per region; empty disables.
+    ssm_parameter: str = "/fedimg/{release}/{subvariant}/{arch}/latest"
+    # Days after publication at which the AMI is deprecated; 0 disables.
+    deprecate_after_days: int = MAX_DEPRECATION_DAYS
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    command: str
+    # The check passes when the command exits 0 and, if set, its stdout (stripped) equals this.
+    expect: str = ""
+
+
+DEFAULT_CHECKS = (
+    Check("true", "/bin/true"),
+    Check("system-running", "systemctl is-system-running --wait", "running"),
+    Check("cloud-init", "cloud-init status --wait >/dev/null && cloud-init status", "status: done"),
+    Check(
+        "root-grown",
+        "test $(( $(lsblk -bndo SIZE $(findmnt -nvo SOURCE /) ) * 100"
+        " / $(lsblk -bndo SIZE /dev/$(lsblk -ndo PKNAME $(findmnt -nvo SOURCE /))) )) -ge 90",
+    ),
+    Check("selinux-enforcing", "getenforce", "Enforcing"),
+)
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    enabled: bool = True
+    # A failing boot test stops copy and publish of that image.
+    block_publish: bool = True
+    ssh_user: str = "fedora"
+    ssh_cidr: str = "0.0.0.0/0"
+    instance_types: dict[str, str] = field(
+        default_factory=lambda: {"x86_64": "t3.small", "aarch64": "t4g.small"}
+    )
+    boot_seconds: int = 600
+    ssh_seconds: int = 300
+    check_seconds: int = 300
+    checks: tuple[Check, ...] = DEFAULT_CHECKS
+
+
+@dataclass(frozen=True)
+class ResultsDBSettings:
+    # Empty: results are not reported.
+    url: str = ""
+    # Names of environment variables holding basic-auth credentials (never the secrets).
+    username_env: str = "FEDIMG_RESULTSDB_USER"
+    password_env: str = "FEDIMG_RESULTSDB_PASSWORD"  # noqa: S105 - a variable's name
+    attempts: int = 3
+
+
+@dataclass(frozen=True)
+class MessagingSettings:
+    # Publish fedimg's messages on the bus (the consumer's fedora-messaging config says where).
+    publish: bool = True
+    environment: str = "prod"
+    # Redeliveries of one compose message after transient failures before it is dropped.
+    max_redeliveries: int = 3
+
+
+@dataclass(frozen=True)
+class Settings:
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    image: ImageSettings = field(default_factory=ImageSettings)
+    compose: ComposeSettings = field(default_factory=ComposeSettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)
+    test: TestSettings = field(default_factory=TestSettings)
+    resultsdb: ResultsDBSettings = field(default_factory=ResultsDBSettings)
+    messaging: MessagingSettings = field(default_factory=MessagingSettings)
+
+    def with_aws(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, aws=dataclasses.replace(self.aws, **changes))
+
+
+T = TypeVar("T")
+
+
+def load(path: str | Path | None = None) -> Settings:
+    """Settings from ``path``, else ``$FEDIMG_CONFIG``, else the built-in defaults."""
+    if path is None:
+        path = os.environ.get(ENV_VAR) or None
+    if path is None:
+        return validate(Settings())
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path}: not valid TOML: {e}") from e
+    return from_dict(data)
+
+
+def from_dict(data: dict[str, Any]) -> Settings:
+    return validate(_build(Settings, data, ""))
+
+
+def _build(cls: type[T], table: Any, where: str) -> T:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where or 'config'}: must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in names:
+            raise ConfigError(f"{_join(where, key)}: unknown key")
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in table
+    ]
+    if missing:
+        raise ConfigError(f"{_join(where, missing[0])}: required")
+    values = {k: _convert(hints[k], v, _join(where, k)) for k, v in table.items()}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false")
+        return value
+    if hint is int or hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: must be a number")
+        if hint is int and not isinstance(value, int):
+            raise ConfigError(f"{where}: must be a whole number")
+        if value < 0:
+            raise ConfigError(f"{where}: must not be negative")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: must be a list")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a table")
+        item = typing.get_args(hint)[1]
+        return {k: _convert(item, v, _join(where, k)) for k, v in value.items()}
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no such fields yet
+        raise ConfigError(f"{where}: unsupported type")
+    raise ConfigError(f"{where}: unsupported type")  # pragma: no cover
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def validate(s: Settings) -> Settings:
+    """Cross-field rules; raises ConfigError naming the key."""
+    a, i = s.aws, s.image
+    _region("aws.base_region", a.base_region)
+    if not a.regions:
+        raise ConfigError("aws.regions: must list at least one region")
+    for n, r in enumerate(a.regions):
+        _region(f"aws.regions[{n}]", r)
+    if len(set(a.regions)) != len(a.regions):
+        raise ConfigError("aws.regions: lists a region twice")
+    if a.endpoint_url and not re.match(r"^https?://", a.endpoint_url):
+        raise ConfigError("aws.endpoint_url: must be an http(s) URL")
+    for key in ("max_attempts", "upload_workers", "copy_workers", "wait_seconds"):
+        if getattr(a, key) < 1:
+            raise ConfigError(f"aws.{key}: must be at least 1")
+    if not 10 <= a.snapshot_timeout_minutes <= 4320:
+        raise ConfigError("aws.snapshot_timeout_minutes: must be between 10 and 4320")
+    if i.volume_type not in VOLUME_TYPES:
+        raise ConfigError(f"image.volume_type: must be one of {', '.join(VOLUME_TYPES)}")
+    for arch, mode in i.boot_mode.items():
+        if arch not in ARCHES:
+            raise ConfigError(f"image.boot_mode.{arch}: unknown architecture")
+        if mode not in BOOT_MODES:
+            raise ConfigError(f"image.boot_mode.{arch}: must be one of {', '.join(BOOT_MODES)}")
+        if i.tpm and mode != "uefi":
+            raise ConfigError(
+                f"image.tpm: needs boot mode uefi, but image.boot_mode.{arch} is {mode}"
+            )
+    _name_template(i.name_template)
+    for k, v in i.tags.items():
+        if k.lower().startswith(("aws:", "fedimg:")):
+            raise ConfigError(f"image.tags.{k}: prefixes aws: and fedimg: are reserved")
+        if not 1 <= len(k) <= 128 or len(v) > 256:
+            raise ConfigError(f"image.tags.{k}: key 1-128 and value 0-256 characters")
+    if i.max_image_bytes < 512:
+        raise ConfigError("image.max_image_bytes: must be at least 512")
+    for n, arch in enumerate(s.compose.arches):
+        if arch not in ARCHES:
+            raise ConfigError(f"compose.arches[{n}]: unsupported architecture {arch!r}")
+    if s.compose.image_workers < 1:
+        raise ConfigError("compose.image_workers: must be at least 1")
+    p = s.publish
+    for n, acct in enumerate(p.user_ids):
+        if not ACCOUNT_RE.match(acct):
+            raise ConfigError(f"publish.user_ids[{n}]: must be a 12-digit account id")
+    for key in ("organization_arns", "organizational_unit_arns"):
+        for n, arn in enumerate(getattr(p, key)):
+            if not ORG_ARN_RE.match(arn):
+                raise ConfigError(f"publish.{key}[{n}]: not an organizations ARN")
+    if p.deprecate_after_days > MAX_DEPRECATION_DAYS:
+        raise ConfigError(
+            f"publish.deprecate_after_days: AWS allows at most {MAX_DEPRECATION_DAYS}"
+        )
+    if p.ssm_parameter and not p.ssm_parameter.startswith("/"):
+        raise ConfigError("publish.ssm_parameter: must start with /")
+    t = s.test
+    for arch in t.instance_types:
+        if arch not in ARCHES:
+            raise ConfigError(f"test.instance_types.{arch}: unknown architecture")
+    names = [c.name for c in t.checks]
+    if len(set(names)) != len(names):
+        raise ConfigError("test.checks: two checks have the same name")
+    if s.resultsdb.url and not re.match(r"^https?://", s.resultsdb.url):
+        raise ConfigError("resultsdb.url: must be an http(s) URL")
+    if s.messaging.environment not in ("prod", "stg"):
+        raise ConfigError("messaging.environment: must be prod or stg")
+    return s
+
+
+def _region(key: str, value: str) -> None:
+    if not REGION_RE.match(value):
+        raise ConfigError(f"{key}: {value!r} is not an AWS region name")
+
+
+def _name_template(template: str) -> None:
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise ConfigError(f"image.name_template: {e}") from e
+    unknown = fields - set(NAME_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"image.name_template: unknown field {{{sorted(unknown)[0]}}}; "
+            f"known: {', '.join(NAME_FIELDS)}"
+        )
+    if "image_name" not in fields:
+        raise ConfigError("image.name_template: must contain {image_name}")

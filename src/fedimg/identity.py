@@ -1,0 +1,80 @@
+"""What an image is, independent of where it is: the key by which every stage finds its own work.
+
+AWS resource tags are fedimg's state. Every snapshot, AMI and test resource carries
+``fedimg:image-key`` (derived from the image's name and published checksum), so a re-run finds what
+an earlier, possibly crashed, run made instead of making it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from fedimg.errors import InputError
+
+TAG_KEY = "fedimg:image-key"
+TAG_NAME = "fedimg:image-name"
+TAG_SHA256 = "fedimg:sha256"
+TAG_COMPOSE = "fedimg:compose-id"
+TAG_STATE = "fedimg:state"
+TAG_ROLE = "fedimg:role"
+# Every resource fedimg creates carries this tag, for `fedimg gc`.
+TAG_MANAGED = "fedimg:managed"
+
+AWS_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
+
+
+@dataclass(frozen=True)
+class ImageIdentity:
+    image_name: str
+    arch: str  # Fedora's name: x86_64 | aarch64
+    sha256: str = ""  # of the file as published; "" when unknown
+    compose_id: str = ""
+    release: str = ""
+    subvariant: str = ""
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.arch not in AWS_ARCH:
+            raise InputError(f"{self.image_name}: unsupported architecture {self.arch!r}")
+
+    @property
+    def key(self) -> str:
+        """Stable across runs: the same published file always gets the same key."""
+        return hashlib.sha256(f"{self.image_name}\0{self.sha256}".encode()).hexdigest()[:32]
+
+    @property
+    def aws_arch(self) -> str:
+        return AWS_ARCH[self.arch]
+
+    def tags(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        tags = dict(extra or {})
+        tags.update(
+            {
+                "Name": self.image_name,
+                TAG_MANAGED: "true",
+                TAG_KEY: self.key,
+                TAG_NAME: self.image_name,
+            }
+        )
+        if self.sha256:
+            tags[TAG_SHA256] = self.sha256
+        if self.compose_id:
+            tags[TAG_COMPOSE] = self.compose_id
+        return tags
+
+
+def arch_from_name(name: str) -> str:
+    """Fedora file names carry the architecture: ``…-41-1.4.x86_64.raw.xz``."""
+    for arch in AWS_ARCH:
+        if f".{arch}." in f".{name}." or name.endswith(f".{arch}"):
+            return arch
+    if ".arm64." in f".{name}.":
+        return "aarch64"
+    raise InputError(f"{name}: cannot tell the architecture from the file name; pass --arch")
+
+
+def tag_list(tags: dict[str, str]) -> list[Any]:
+    """AWS's Key/Value list form (typed loosely: each service has its own TagTypeDef)."""
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
