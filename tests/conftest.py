@@ -10,6 +10,7 @@ import pytest
 
 from fedimg.config import Settings, validate
 from fedimg.standins.moto import moto_in_process, reset
+from tests.services import rabbitmq
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +50,10 @@ def build_dir() -> Path:
     d = Path(__file__).resolve().parent.parent / "build"
     d.mkdir(exist_ok=True)
     return d
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A real RabbitMQ broker: $FEDIMG_TEST_AMQP_URL, else a throwaway node started here."""
+    with rabbitmq() as url:
+        yield url

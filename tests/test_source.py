@@ -112,7 +112,7 @@ def test_corrupt_xz_payload_is_an_input_error(raw: tuple[Path, list[int]], tmp_p
     data[mid : mid + 64] = bytes(64)
     bad = tmp_path / "bad.x86_64.raw.xz"
     bad.write_bytes(bytes(data))
-    with pytest.raises(InputError, match="corrupt xz|truncated"):
+    with pytest.raises(InputError, match=r"corrupt xz|truncated"):
         blocks_of(str(bad))
 
 
@@ -121,7 +121,7 @@ def test_truncated_gzip_is_an_input_error(raw: tuple[Path, list[int]], tmp_path:
     data = gzip.compress(path.read_bytes())
     cut = tmp_path / "cut.x86_64.raw.gz"
     cut.write_bytes(data[: len(data) - 100])
-    with pytest.raises(InputError, match="truncated|corrupt"):
+    with pytest.raises(InputError, match=r"truncated|corrupt"):
         blocks_of(str(cut))
 
 

@@ -1,0 +1,293 @@
+"""The stages in order, per image: upload → register → test → copy to every region → publish.
+
+Images of one compose run concurrently, and so do the regions of one image. One image's failure
+does not stop the others; the compose ends with a summary event. Every stage is idempotent (it
+finds its own earlier result by tags), so re-running a compose finishes what a crashed or partly
+failed run left, and a region added to the configuration is filled in by the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedimg.aws.clients import Clients
+from fedimg.aws.image import RegisteredImage
+from fedimg.aws.publish import publish_image
+from fedimg.aws.replicate import copy_image_if_not_exists
+from fedimg.compose import ComposeImage, ComposeInfo, discover
+from fedimg.config import Settings
+from fedimg.errors import FedimgError
+from fedimg.events import Event, Sink, null_sink
+from fedimg.identity import ImageIdentity
+from fedimg.report import TESTCASE_AMI_BOOT, ComposeRef, ImageRef, ResultsReporter, TestReport
+from fedimg.upload import UploadOutcome, upload_image
+
+log = logging.getLogger(__name__)
+
+PASSED, FAILED, NEEDS_INSPECTION = "PASSED", "FAILED", "NEEDS_INSPECTION"
+
+
+@dataclass(frozen=True)
+class TestSubject:
+    """What the test stage is given: a registered AMI, and the image it came from."""
+
+    identity: ImageIdentity
+    ami: str
+    region: str
+    image: ComposeImage | None = None
+    compose: ComposeInfo | None = None
+
+
+@dataclass(frozen=True)
+class TestVerdict:
+    outcome: str  # PASSED | FAILED | NEEDS_INSPECTION (the infrastructure failed, not the image)
+    checks: tuple[dict[str, str], ...] = ()  # {"name", "outcome", "output"}
+    reason: str = ""
+
+
+# The test seam: returns a verdict for an AMI. The EC2 boot test is the production tester.
+Tester = Callable[[TestSubject], TestVerdict]
+
+
+def no_test(subject: TestSubject) -> TestVerdict:
+    """Used when testing is switched off (``test.enabled = false``)."""
+    return TestVerdict(PASSED, reason="tests disabled")
+
+
+@dataclass
+class ImageOutcome:
+    image_name: str
+    arch: str
+    subvariant: str
+    status: str = "failed"  # published | failed | test-failed
+    base_ami: str = ""
+    regions: dict[str, str] = field(default_factory=dict)  # region → AMI id (published ones)
+    error: str = ""
+    retryable: bool = False
+    test: TestVerdict | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "image_name": self.image_name,
+            "arch": self.arch,
+            "subvariant": self.subvariant,
+            "outcome": self.status,
+            "regions": dict(sorted(self.regions.items())),
+            "error": self.error,
+        }
+
+
+@dataclass
+class ComposeOutcome:
+    compose_id: str
+    release: str
+    images: list[ImageOutcome]
+
+    @property
+    def ok(self) -> bool:
+        return all(i.status == "published" for i in self.images)
+
+    @property
+    def retryable(self) -> bool:
+        """A later run may do better: some image failed for a reason that can pass."""
+        return any(i.status == "failed" and i.retryable for i in self.images)
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    clients: Clients
+    sink: Sink = null_sink
+    tester: Tester = no_test
+    reporter: ResultsReporter | None = None
+
+    def run_compose(self, location: str) -> ComposeOutcome:
+        """Every selected image of the compose at ``location``, published in every region."""
+        info, images = discover(location, self.settings.compose)
+        log.info("compose %s: %d images to publish", info.compose_id, len(images))
+        with ThreadPoolExecutor(self.settings.compose.image_workers) as pool:
+            outcomes = list(pool.map(lambda img: self.run_image(img, info), images))
+        result = ComposeOutcome(info.compose_id, info.release_version, outcomes)
+        self.sink(
+            Event(
+                "compose",
+                "completed",
+                detail={
+                    "compose_id": info.compose_id,
+                    "release": info.release_version,
+                    "images": [o.summary() for o in outcomes],
+                },
+            )
+        )
+        return result
+
+    def run_image(self, image: ComposeImage, info: ComposeInfo) -> ImageOutcome:
+        identity = ImageIdentity(
+            image_name=image.image_name,
+            arch=image.arch,
+            sha256=image.sha256,
+            compose_id=info.compose_id,
+            release=info.release_version,
+            subvariant=image.subvariant,
+            url=image.url,
+        )
+        return self.publish_identity(identity, image.url, image, info)
+
+    def publish_identity(
+        self,
+        identity: ImageIdentity,
+        location: str,
+        image: ComposeImage | None = None,
+        info: ComposeInfo | None = None,
+    ) -> ImageOutcome:
+        """One image through every stage; never raises for a stage failure (see the outcome)."""
+        outcome = ImageOutcome(identity.image_name, identity.arch, identity.subvariant)
+        emit = _Emitter(self.sink, identity, self.settings.aws.base_region)
+        stage = "upload"
+        try:
+            emit("upload", "started")
+            uploaded = upload_image(location, identity, self.settings, self.clients, sink=self.sink)
+            outcome.base_ami = uploaded.ami
+            emit("upload", "completed", ami=uploaded.ami, snapshot=uploaded.snapshot)
+
+            stage = "test"
+            verdict = self._test(identity, uploaded, image, info, emit)
+            outcome.test = verdict
+            if verdict.outcome == FAILED and self.settings.test.block_publish:
+                outcome.status, outcome.error = "test-failed", verdict.reason
+                return outcome
+            if verdict.outcome == NEEDS_INSPECTION:
+                # Never publish what could not be tested; the infrastructure may do better later.
+                outcome.error, outcome.retryable = verdict.reason, True
+                return outcome
+
+            stage = "copy"
+            self._replicate_and_publish(identity, uploaded, outcome, emit)
+        except FedimgError as e:
+            outcome.error, outcome.retryable = str(e), e.retryable
+            emit(stage, "failed", error=str(e))
+        except Exception as e:  # a bug must not take the other images down with it
+            log.exception("%s: unexpected error in stage %s", identity.image_name, stage)
+            outcome.error, outcome.retryable = f"{type(e).__name__}: {e}", False
+            emit(stage, "failed", error=outcome.error)
+        return outcome
+
+    def _test(
+        self,
+        identity: ImageIdentity,
+        uploaded: UploadOutcome,
+        image: ComposeImage | None,
+        info: ComposeInfo | None,
+        emit: _Emitter,
+    ) -> TestVerdict:
+        if not self.settings.test.enabled:
+            return no_test(TestSubject(identity, uploaded.ami, uploaded.region))
+        emit("test", "started", ami=uploaded.ami, kind="ec2")
+        try:
+            verdict = self.tester(TestSubject(identity, uploaded.ami, uploaded.region, image, info))
+        except FedimgError as e:
+            verdict = TestVerdict(NEEDS_INSPECTION, reason=str(e))
+        self._report(verdict, uploaded, image, info)
+        status = "completed" if verdict.outcome == PASSED else "failed"
+        emit(
+            "test",
+            status,
+            ami=uploaded.ami,
+            outcome=verdict.outcome,
+            checks=list(verdict.checks),
+            kind="ec2",
+            firmware="",
+            reason=verdict.reason,
+        )
+        return verdict
+
+    def _report(
+        self,
+        verdict: TestVerdict,
+        uploaded: UploadOutcome,
+        image: ComposeImage | None,
+        info: ComposeInfo | None,
+    ) -> None:
+        """ResultsDB knows results about compose images only; reporting never blocks."""
+        if self.reporter is None or not self.reporter.enabled or image is None or info is None:
+            return
+        self.reporter.report(
+            TestReport(
+                outcome=verdict.outcome,
+                testcase=TESTCASE_AMI_BOOT,
+                image=ImageRef.from_productmd(image.metadata),
+                compose=ComposeRef.from_composeinfo(info.metadata),
+                ami=uploaded.ami,
+                region=uploaded.region,
+                note=verdict.reason,
+            )
+        )
+
+    def _replicate_and_publish(
+        self,
+        identity: ImageIdentity,
+        uploaded: UploadOutcome,
+        outcome: ImageOutcome,
+        emit: _Emitter,
+    ) -> None:
+        base = RegisteredImage(uploaded.ami, uploaded.region, uploaded.name, uploaded.reused)
+        regions = list(self.settings.aws.regions)
+        if base.region not in regions:
+            regions.insert(0, base.region)
+
+        def one_region(region: str) -> tuple[str, str, FedimgError | None]:
+            try:
+                if region == base.region:
+                    ami = base.ami
+                else:
+                    copy = copy_image_if_not_exists(
+                        self.settings, self.clients, identity, base, region
+                    )
+                    ami = copy.ami
+                    emit.at(region)(
+                        "copy", "completed", ami=ami, source_ami=base.ami, source_region=base.region
+                    )
+                publish_image(self.settings, self.clients, identity, region, ami)
+                return region, ami, None
+            except FedimgError as e:
+                emit.at(region)("copy", "failed", error=str(e))
+                return region, "", e
+
+        with ThreadPoolExecutor(min(len(regions), self.settings.aws.copy_workers)) as pool:
+            results = list(pool.map(one_region, regions))
+        errors = [(r, e) for r, _, e in results if e is not None]
+        outcome.regions = {r: ami for r, ami, e in results if e is None}
+        if errors:
+            outcome.error = "; ".join(f"{r}: {e}" for r, e in errors)
+            outcome.retryable = any(e.retryable for _, e in errors)
+            emit("publish", "failed", regions=outcome.regions, error=outcome.error)
+            return
+        outcome.status = "published"
+        emit("publish", "completed", regions=outcome.regions, public=self.settings.publish.public)
+
+
+class _Emitter:
+    """Events for one image, with the detail every event carries."""
+
+    def __init__(self, sink: Sink, identity: ImageIdentity, region: str) -> None:
+        self.sink, self.identity, self.region = sink, identity, region
+
+    def at(self, region: str) -> _Emitter:
+        return _Emitter(self.sink, self.identity, region)
+
+    def __call__(self, stage: str, status: str, **detail: Any) -> None:
+        i = self.identity
+        base = {
+            "compose_id": i.compose_id,
+            "image_name": i.image_name,
+            "image_url": i.url,
+            "arch": i.arch,
+            "subvariant": i.subvariant,
+            "release": i.release,
+        }
+        region = "" if stage == "publish" else self.region
+        self.sink(Event(stage, status, i.image_name, region, base | detail))
