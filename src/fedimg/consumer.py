@@ -27,7 +27,7 @@ from fedora_messaging.exceptions import Drop, Nack
 from fedimg import config as config_mod
 from fedimg.aws.clients import Clients
 from fedimg.config import Settings
-from fedimg.errors import FedimgError, InputError
+from fedimg.errors import ConfigError, FedimgError, InputError
 from fedimg.events import Sink, fan_out, log_sink
 from fedimg.pipeline import ComposeOutcome, Pipeline, Tester
 
@@ -73,7 +73,7 @@ def settings_from_consumer_config(consumer_config: Mapping[str, Any]) -> Setting
     path = cc.pop("fedimg_config", None)
     if path is not None:
         if cc:
-            raise config_mod.ConfigError(
+            raise ConfigError(
                 f"consumer_config: give fedimg_config or inline tables, not both ({sorted(cc)})"
             )
         return config_mod.load(path)

@@ -35,6 +35,8 @@ PASSED, FAILED, NEEDS_INSPECTION = "PASSED", "FAILED", "NEEDS_INSPECTION"
 class TestSubject:
     """What the test stage is given: a registered AMI, and the image it came from."""
 
+    __test__ = False  # not a pytest class
+
     identity: ImageIdentity
     ami: str
     region: str
@@ -44,6 +46,8 @@ class TestSubject:
 
 @dataclass(frozen=True)
 class TestVerdict:
+    __test__ = False  # not a pytest class
+
     outcome: str  # PASSED | FAILED | NEEDS_INSPECTION (the infrastructure failed, not the image)
     checks: tuple[dict[str, str], ...] = ()  # {"name", "outcome", "output"}
     reason: str = ""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from fedimg.aws.clients import Clients, error_code, translate
 from fedimg.config import Settings
@@ -113,8 +114,9 @@ def _deprecate(ec2: EC2Client, settings: Settings, ami: str, now: dt.datetime) -
     when = (now + dt.timedelta(days=days)).replace(second=0, microsecond=0)
     try:
         ec2.enable_image_deprecation(ImageId=ami, DeprecateAt=when)
-    except (ClientError, BotoCoreError) as e:
-        # The local stand-in (moto) does not implement it; real AWS does. Not worth failing for.
+    except (ClientError, BotoCoreError, ResponseParserError) as e:
+        # The local stand-in (moto) answers an HTML 500 page; real AWS implements it. A missing
+        # deprecation time is not worth failing a release for.
         log.warning("%s: could not set deprecation time: %s", ami, e)
         return ""
     return when.isoformat()

@@ -1,0 +1,246 @@
+"""The EC2 boot test: launch the new AMI, SSH in, run the configured checks, clean up always.
+
+Throwaway key pair (our own key, imported: the private half never crosses the API) and security
+group (SSH from ``test.ssh_cidr`` only); an instance with IMDSv2 required; wait for running and
+status checks; checks over SSH; console output kept on failure. The instance, key pair and
+security group are removed in ``finally`` — on errors and Ctrl-C too — and all carry
+``fedimg:role=test`` so ``fedimg gc`` finds anything a crash left.
+
+Outcomes: PASSED; FAILED when the image is at fault (instance impaired, no SSH, a check failed);
+NEEDS_INSPECTION when the infrastructure failed (AWS errors, deadlines before the instance ran).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import paramiko
+from botocore.exceptions import BotoCoreError, ClientError
+
+from fedimg.aws.clients import Clients, translate
+from fedimg.aws.wait import wait_until
+from fedimg.config import Settings
+from fedimg.errors import AwsError, FedimgError, TransientError
+from fedimg.identity import TAG_ROLE, tag_list
+from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, TestSubject, TestVerdict
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+
+log = logging.getLogger(__name__)
+
+CONSOLE_TAIL = 4000  # characters of console output kept with a failure
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    port: int
+    pkey: paramiko.PKey
+
+
+# Where to SSH to for an instance. Production: its public address and our key. Tests (moto cannot
+# boot instances): a local QEMU guest running the same image.
+TargetResolver = Callable[[dict[str, Any], paramiko.PKey], SshTarget]
+
+
+def public_address(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
+    host = instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
+    if not host:
+        raise TransientError(f"instance {instance['InstanceId']} has no address")
+    return SshTarget(str(host), 22, pkey)
+
+
+class _ImageFault(FedimgError):
+    """The image, not the infrastructure, failed the test."""
+
+
+class Ec2BootTester:
+    def __init__(
+        self, settings: Settings, clients: Clients, resolve: TargetResolver = public_address
+    ) -> None:
+        self.settings = settings
+        self.clients = clients
+        self.resolve = resolve
+
+    def __call__(self, subject: TestSubject) -> TestVerdict:
+        from fedimg.boot.ssh import throwaway_key
+
+        ec2 = self.clients.ec2(subject.region)
+        run = _TestRun(self.settings, ec2, subject, uuid.uuid4().hex[:12])
+        pkey, public = throwaway_key()
+        try:
+            instance = run.launch(public)
+            target = self.resolve(instance, pkey)
+            checks = run.check(target)
+        except _ImageFault as e:
+            return TestVerdict(FAILED, reason=f"{e}{run.console()}")
+        except (ClientError, BotoCoreError) as e:
+            return TestVerdict(NEEDS_INSPECTION, reason=str(translate(e, "EC2 boot test")))
+        except FedimgError as e:
+            return TestVerdict(NEEDS_INSPECTION, reason=str(e))
+        finally:
+            run.clean_up()
+        failed = [c for c in checks if c["outcome"] != PASSED]
+        if failed:
+            names = ", ".join(c["name"] for c in failed)
+            return TestVerdict(FAILED, tuple(checks), f"checks failed: {names}{run.console()}")
+        return TestVerdict(PASSED, tuple(checks))
+
+
+class _TestRun:
+    """The throwaway resources of one test, and their removal."""
+
+    def __init__(self, settings: Settings, ec2: EC2Client, subject: TestSubject, run_id: str):
+        self.settings, self.ec2, self.subject, self.run_id = settings, ec2, subject, run_id
+        self.name = f"fedimg-test-{run_id}"
+        self.key_name = ""
+        self.group_id = ""
+        self.instance_id = ""
+        self.tags = tag_list(
+            subject.identity.tags(settings.image.tags)
+            | {TAG_ROLE: "test", "fedimg:test-run": run_id, "fedimg:ami": subject.ami}
+        )
+
+    def _spec(self, kind: str) -> list[Any]:
+        return [{"ResourceType": kind, "Tags": self.tags}]
+
+    def launch(self, public_key: str) -> dict[str, Any]:
+        t = self.settings.test
+        self.ec2.import_key_pair(
+            KeyName=self.name,
+            PublicKeyMaterial=public_key.encode(),
+            TagSpecifications=self._spec("key-pair"),
+        )
+        self.key_name = self.name
+        self.group_id = self.ec2.create_security_group(
+            GroupName=self.name,
+            Description="fedimg boot test: SSH only",
+            TagSpecifications=self._spec("security-group"),
+        )["GroupId"]
+        self.ec2.authorize_security_group_ingress(
+            GroupId=self.group_id,
+            IpPermissions=[
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 22,
+                    "ToPort": 22,
+                    "IpRanges": [{"CidrIp": t.ssh_cidr, "Description": "fedimg SSH"}],
+                }
+            ],
+        )
+        arch = self.subject.identity.arch
+        self.instance_id = self.ec2.run_instances(
+            ImageId=self.subject.ami,
+            InstanceType=t.instance_types.get(arch, "t3.small"),  # type: ignore[arg-type]
+            KeyName=self.key_name,
+            SecurityGroupIds=[self.group_id],
+            MinCount=1,
+            MaxCount=1,
+            ClientToken=self.name,
+            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            TagSpecifications=self._spec("instance") + self._spec("volume"),
+        )["Instances"][0]["InstanceId"]
+        log.info("%s: test instance %s", self.subject.ami, self.instance_id)
+        wait_until(
+            f"test instance {self.instance_id}",
+            lambda: self._describe().get("State", {}).get("Name", ""),
+            done="running",
+            failed=("terminated", "shutting-down", "stopped"),
+            deadline_s=t.boot_seconds,
+        )
+        self._wait_status_checks(t.boot_seconds)
+        return self._describe()
+
+    def _describe(self) -> dict[str, Any]:
+        r = self.ec2.describe_instances(InstanceIds=[self.instance_id])["Reservations"]
+        return dict(r[0]["Instances"][0]) if r and r[0]["Instances"] else {}
+
+    def _wait_status_checks(self, deadline_s: float) -> None:
+        def state() -> str:
+            statuses = self.ec2.describe_instance_status(
+                InstanceIds=[self.instance_id], IncludeAllInstances=True
+            )["InstanceStatuses"]
+            if not statuses:
+                return "initializing"
+            s = statuses[0]
+            states = {s["InstanceStatus"]["Status"], s["SystemStatus"]["Status"]}
+            if "impaired" in states:
+                return "impaired"
+            return "ok" if states == {"ok"} else "initializing"
+
+        try:
+            wait_until(
+                f"status checks of {self.instance_id}",
+                state,
+                done="ok",
+                failed=("impaired",),
+                deadline_s=deadline_s,
+            )
+        except AwsError as e:
+            raise _ImageFault(f"instance {self.instance_id} failed its status checks") from e
+
+    def check(self, target: SshTarget) -> list[dict[str, str]]:
+        from fedimg.boot.ssh import run_checks, wait_for_ssh
+
+        t = self.settings.test
+        try:
+            client = wait_for_ssh(target.host, target.port, t.ssh_user, target.pkey, t.ssh_seconds)
+        except TransientError as e:
+            raise _ImageFault(f"no SSH on {self.instance_id}: {e}") from e
+        try:
+            results = run_checks(client, t.checks, t.check_seconds)
+        finally:
+            client.close()
+        return [{"name": r.name, "outcome": r.outcome, "output": r.output} for r in results]
+
+    def console(self) -> str:
+        """The end of the console output, for a failure's reason."""
+        if not self.instance_id:
+            return ""
+        try:
+            out = self.ec2.get_console_output(InstanceId=self.instance_id, Latest=True)
+        except (ClientError, BotoCoreError) as e:
+            return f"\n(console output unavailable: {e})"
+        text = str(out.get("Output", ""))
+        return (
+            f"\n--- console output of {self.instance_id} ---\n{text[-CONSOLE_TAIL:]}"
+            if text
+            else ""
+        )
+
+    def clean_up(self) -> None:
+        """Instance, then security group (it is in use until the instance is gone), then key."""
+        if self.instance_id:
+            self._quietly("terminate", lambda: self._terminate())
+        if self.group_id:
+            self._quietly(
+                "delete security group",
+                lambda: self.ec2.delete_security_group(GroupId=self.group_id),
+            )
+        if self.key_name:
+            self._quietly(
+                "delete key pair", lambda: self.ec2.delete_key_pair(KeyName=self.key_name)
+            )
+
+    def _terminate(self) -> None:
+        self.ec2.terminate_instances(InstanceIds=[self.instance_id])
+        wait_until(
+            f"termination of {self.instance_id}",
+            lambda: self._describe().get("State", {}).get("Name", "terminated"),
+            done="terminated",
+            failed=(),
+            deadline_s=self.settings.test.boot_seconds,
+            good_reads=1,
+        )
+
+    def _quietly(self, what: str, action: Callable[[], Any]) -> None:
+        """A clean-up failure is logged, never raised over the test's own outcome."""
+        try:
+            action()
+        except Exception as e:
+            log.warning("boot test %s: could not %s (fedimg gc will): %s", self.run_id, what, e)

@@ -1,0 +1,182 @@
+"""The whole pipeline on a compose served over HTTP, against a multi-region moto server.
+
+The test stage here is a named test double (``passing``/``failing`` testers): the EC2 boot test
+itself runs for real against a QEMU guest in tests/aws/test_boottest.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import lzma
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from fedimg.aws.clients import Clients
+from fedimg.config import Settings
+from fedimg.events import Event
+from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, Pipeline, TestSubject, TestVerdict
+from fedimg.samplecompose import build_sample_compose, serve_directory
+from fedimg.source import BLOCK_SIZE
+from fedimg.synthetic import write_sparse_image
+from tests.helpers import Recorder, ec2, record
+
+REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+
+
+@pytest.fixture(scope="module")
+def compose_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A compose with x86_64 and aarch64 EC2 images (synthetic, not bootable), over HTTP."""
+    root = tmp_path_factory.mktemp("compose")
+    raw = root / "disk.raw"
+    write_sparse_image(raw, 16 * BLOCK_SIZE, 0.25)
+    xz = root / "disk.raw.xz"
+    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
+    location = build_sample_compose(root / "tree", xz, arches=("x86_64", "aarch64"))
+    with serve_directory(root / "tree") as base:
+        yield f"{base}/{location.relative_to(root / 'tree').as_posix()}"
+
+
+def passing(subject: TestSubject) -> TestVerdict:
+    return TestVerdict(PASSED, ({"name": "true", "outcome": PASSED, "output": ""},))
+
+
+def failing(subject: TestSubject) -> TestVerdict:
+    return TestVerdict(FAILED, ({"name": "true", "outcome": FAILED, "output": "1"},), "checks")
+
+
+def broken_infrastructure(subject: TestSubject) -> TestVerdict:
+    return TestVerdict(NEEDS_INSPECTION, reason="could not launch")
+
+
+def make(
+    settings: Settings, tester: Any = passing, regions: tuple[str, ...] = REGIONS
+) -> tuple[Pipeline, list[Event], Recorder]:
+    s = settings.with_aws(regions=regions)
+    events: list[Event] = []
+    session = boto3.session.Session()
+    rec = record(session)
+    return Pipeline(s, Clients(s.aws, session=session), events.append, tester), events, rec
+
+
+def is_public(url: str, region: str, ami: str) -> bool:
+    perms = ec2(url, region).describe_image_attribute(ImageId=ami, Attribute="launchPermission")
+    return {"Group": "all"} in perms["LaunchPermissions"]
+
+
+def test_compose_is_published_in_every_region(
+    settings: Settings, compose_url: str, aws: str
+) -> None:
+    pipeline, events, rec = make(settings)
+    outcome = pipeline.run_compose(compose_url)
+    assert outcome.ok, [i.error for i in outcome.images]
+    assert sorted(i.arch for i in outcome.images) == ["aarch64", "x86_64"]
+    ssm = {r: boto3.client("ssm", region_name=r, endpoint_url=aws) for r in REGIONS}
+    for image in outcome.images:
+        assert sorted(image.regions) == sorted(REGIONS)
+        for region, ami in image.regions.items():
+            assert is_public(aws, region, ami)
+            name = f"/fedimg/99/Cloud_Base/{image.arch}/latest"
+            assert ssm[region].get_parameter(Name=name)["Parameter"]["Value"] == ami
+    # the snapshots' create-volume permission is public too
+    for p in rec.of("ModifySnapshotAttribute"):
+        assert p["GroupNames"] == ["all"] and p["OperationType"] == "add"
+    assert rec.count("CopyImage") == 2 * (len(REGIONS) - 1)
+    copies = rec.of("CopyImage")
+    assert all(c["ClientToken"] and c["SourceRegion"] == "us-east-1" for c in copies)
+    kinds = [(e.stage, e.status) for e in events if e.status != "progress"]
+    for expected in [("upload", "started"), ("upload", "completed"), ("test", "completed")]:
+        assert kinds.count(expected) == 2
+    assert kinds.count(("copy", "completed")) == 4
+    assert kinds.count(("publish", "completed")) == 2
+    assert kinds[-1] == ("compose", "completed")
+    summary = events[-1].detail
+    assert {i["outcome"] for i in summary["images"]} == {"published"}
+
+
+def test_adding_a_region_is_one_line_of_config(
+    settings: Settings, compose_url: str, aws: str
+) -> None:
+    first, _, _ = make(settings)
+    assert first.run_compose(compose_url).ok
+    pipeline, _, rec = make(settings, regions=(*REGIONS, "ap-southeast-2"))
+    outcome = pipeline.run_compose(compose_url)
+    assert outcome.ok
+    # only the new region was filled in: no upload, no registration, one copy per image
+    assert rec.count("StartSnapshot") == 0 and rec.count("RegisterImage") == 0
+    assert rec.count("CopyImage") == 2
+    assert {c["Name"].split("-hvm-")[1] for c in rec.of("CopyImage")} == {"ap-southeast-2-gp3-0"}
+    for image in outcome.images:
+        assert is_public(aws, "ap-southeast-2", image.regions["ap-southeast-2"])
+        images = ec2(aws, "ap-southeast-2").describe_images(Owners=["self"])["Images"]
+        assert len(images) == 2
+
+
+def test_rerun_of_a_published_compose_creates_nothing(
+    settings: Settings, compose_url: str, aws: str
+) -> None:
+    first, _, _ = make(settings)
+    before = first.run_compose(compose_url)
+    again, _, rec = make(settings)
+    after = again.run_compose(compose_url)
+    assert after.ok
+    assert [i.regions for i in after.images] == [i.regions for i in before.images]
+    for op in ("StartSnapshot", "RegisterImage", "CopyImage"):
+        assert rec.count(op) == 0, op
+
+
+def test_failed_test_blocks_copy_and_publish(
+    settings: Settings, compose_url: str, aws: str
+) -> None:
+    pipeline, _, rec = make(settings, failing)
+    outcome = pipeline.run_compose(compose_url)
+    assert {i.status for i in outcome.images} == {"test-failed"}
+    assert not outcome.retryable
+    assert rec.count("CopyImage") == 0 and rec.count("ModifyImageAttribute") == 0
+    for image in outcome.images:
+        assert not is_public(aws, "us-east-1", image.base_ami)
+
+
+def test_failed_test_can_be_configured_not_to_block(
+    settings: Settings, compose_url: str, aws: str
+) -> None:
+    s = dataclasses.replace(settings, test=dataclasses.replace(settings.test, block_publish=False))
+    pipeline, _, _ = make(s, failing)
+    assert pipeline.run_compose(compose_url).ok
+
+
+def test_untestable_image_is_not_published_and_is_retryable(
+    settings: Settings, compose_url: str, aws: str
+) -> None:
+    pipeline, _, rec = make(settings, broken_infrastructure)
+    outcome = pipeline.run_compose(compose_url)
+    assert outcome.retryable and not outcome.ok
+    assert rec.count("ModifyImageAttribute") == 0
+
+
+def test_one_bad_image_does_not_stop_the_other(
+    settings: Settings, tmp_path: Path, aws: str
+) -> None:
+    raw = tmp_path / "disk.raw"
+    write_sparse_image(raw, 8 * BLOCK_SIZE, 0.5)
+    xz = tmp_path / "disk.raw.xz"
+    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
+    location = build_sample_compose(tmp_path / "tree", xz, arches=("x86_64", "aarch64"))
+    aarch64 = next(location.glob("Cloud/aarch64/images/*AmazonEC2*.raw.xz"))
+    aarch64.unlink()
+    aarch64.write_bytes(xz.read_bytes()[:-100])  # truncated: wrong checksum and broken archive
+    pipeline, events, _ = make(settings)
+    outcome = pipeline.run_compose(str(location))
+    by_arch = {i.arch: i for i in outcome.images}
+    assert by_arch["x86_64"].status == "published"
+    assert by_arch["aarch64"].status == "failed" and not by_arch["aarch64"].retryable
+    assert ("upload", "failed") in [(e.stage, e.status) for e in events]
+    assert (
+        ec2(aws).describe_images(
+            Owners=["self"], Filters=[{"Name": "name", "Values": ["*aarch64*"]}]
+        )["Images"]
+        == []
+    )
