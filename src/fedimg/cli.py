@@ -177,13 +177,93 @@ def _progress(quiet: bool) -> Iterator[Sink]:
 
 
 @main.command()
+@click.argument("location")
+@click.option("--dry-run", is_flag=True, help="Only list the images that would be published.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 @_fail_cleanly
-def demo(obj: _Context) -> None:
-    """The whole job with no AWS account: a local AWS stand-in (moto) and a sample image."""
+def compose(obj: _Context, location: str, dry_run: bool, as_json: bool) -> None:
+    """Publish the EC2 images of the compose at LOCATION (its .../compose dir: URL or path)."""
+    from fedimg.compose import discover
+
+    settings = obj.settings
+    if dry_run:
+        _, images = discover(location, settings.compose)
+        if as_json:
+            click.echo(json.dumps([i.to_dry_run() for i in images], indent=2))
+        else:
+            for i in images:
+                click.echo(f"{i.arch:8} {i.subvariant:12} {i.type:8} {i.size:>12} {i.path}")
+        return
+    from fedimg.consumer import build_pipeline
+
+    pipeline = build_pipeline(settings)
+    outcome = pipeline.run_compose(location)
+    summary = [i.summary() for i in outcome.images]
+    if as_json:
+        click.echo(json.dumps({"compose_id": outcome.compose_id, "images": summary}, indent=2))
+    else:
+        from rich.console import Console
+
+        from fedimg.demo import region_table
+
+        Console().print(region_table(outcome, pipeline.clients))
+    if not outcome.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("compose_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_fail_cleanly
+def results(obj: _Context, compose_id: str, as_json: bool) -> None:
+    """Show fedimg's test results in ResultsDB for COMPOSE_ID."""
+    from fedimg.report import results_command
+
+    sys.exit(results_command(obj.settings.resultsdb.url, compose_id, as_json))
+
+
+@main.command("test-image")
+@click.argument("image")
+@click.option(
+    "--firmware", type=click.Choice(["bios", "uefi", "both"]), default="both", show_default=True
+)
+@click.option("--user", default="root", show_default=True, help="User to SSH in as.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list when --firmware both).")
+@click.pass_obj
+@_fail_cleanly
+def test_image(obj: _Context, image: str, firmware: str, user: str, as_json: bool) -> None:
+    """Boot IMAGE (.raw or .raw.xz) under QEMU and run the checks over SSH; never modifies it."""
+    from fedimg.boot.qemu import test_image_command
+
+    sys.exit(test_image_command(image, firmware, obj.settings.test, user, as_json))
+
+
+@main.command()
+@click.option("--yes", is_flag=True, help="Remove what is found (default: only report).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_fail_cleanly
+def gc(obj: _Context, yes: bool, as_json: bool) -> None:
+    """Find (and with --yes remove) resources fedimg left behind: unfinished snapshots, test
+    instances, key pairs, security groups, snapshots no AMI uses."""
+    from fedimg.aws.clients import Clients
+    from fedimg.aws.gc import gc_command
+
+    settings = obj.settings
+    sys.exit(gc_command(settings, Clients(settings.aws), act=yes, as_json=as_json))
+
+
+@main.command()
+@click.option("--broker", help="AMQP URL: feed the compose message through this broker.")
+@click.pass_obj
+@_fail_cleanly
+def demo(obj: _Context, broker: str | None) -> None:
+    """The whole job with no AWS account: a local AWS stand-in (moto) and a sample compose."""
     from fedimg.demo import run_demo
 
-    run_demo(obj.config_path)
+    run_demo(obj.config_path, broker=broker)
 
 
 @main.command("check-config")
