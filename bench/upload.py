@@ -134,7 +134,9 @@ def naive_upload(url: str, xz: Path, gib: int) -> float:
     return time.monotonic() - t
 
 
-def fedimg_upload(url: str, xz: Path, sha256: str, workers: int) -> tuple[float, dict[str, object], float]:
+def fedimg_upload(
+    url: str, xz: Path, sha256: str, workers: int
+) -> tuple[float, dict[str, object], float]:
     """Runs `fedimg upload --json` as its own process; returns (seconds, output, peak RSS MiB)."""
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as cfg:
         cfg.write(f'[aws]\nendpoint_url = "{url}"\nupload_workers = {workers}\n')
