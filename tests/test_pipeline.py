@@ -180,3 +180,23 @@ def test_one_bad_image_does_not_stop_the_other(
         )["Images"]
         == []
     )
+
+
+def test_test_results_go_to_resultsdb(settings: Settings, compose_url: str, aws: str) -> None:
+    from fedimg.report import ResultsReporter, fetch_results
+    from fedimg.standins.resultsdb import resultsdb_standin
+
+    with resultsdb_standin() as url:
+        s = dataclasses.replace(
+            settings, resultsdb=dataclasses.replace(settings.resultsdb, url=url)
+        )
+        pipeline, _, _ = make(s, failing)
+        pipeline.reporter = ResultsReporter(s.resultsdb)
+        outcome = pipeline.run_compose(compose_url)
+        rows = fetch_results(url, outcome.compose_id)
+    assert sorted((r.testcase, r.outcome) for r in rows) == [
+        ("fedimg.ami.boot", "FAILED"),
+        ("fedimg.ami.boot", "FAILED"),
+    ]
+    assert {r.ami for r in rows} == {i.base_ami for i in outcome.images}
+    assert {r.region for r in rows} == {"us-east-1"}
