@@ -26,7 +26,7 @@ from rich.table import Table
 from fedimg import config as config_mod
 from fedimg.aws.clients import Clients
 from fedimg.config import Check, Settings
-from fedimg.events import Event, fan_out, log_sink
+from fedimg.events import Event, fan_out
 from fedimg.pipeline import ComposeOutcome, Pipeline
 
 BUILD_DIR = Path("build")
@@ -78,7 +78,8 @@ def run_demo(
     from fedimg.standins.moto import moto_in_process
     from fedimg.standins.resultsdb import resultsdb_standin
 
-    console = Console()
+    # Wide enough for full AMI ids when the output is not a terminal.
+    console = Console(width=None if Console().is_terminal else 150)
     console.rule("[bold]fedimg demo")
     console.print("building (or reusing) the sample bootable image in build/ …")
     raw, xz = sample_image(build_dir), sample_image_xz(build_dir)
@@ -111,7 +112,7 @@ def run_demo(
             pipeline = Pipeline(
                 settings,
                 clients,
-                sink=fan_out([log_sink, _printer(console)]),
+                sink=fan_out([_printer(console)]),
                 tester=Ec2BootTester(settings, clients, resolve=to_guest),
                 reporter=reporter,
             )

@@ -117,7 +117,8 @@ def _deprecate(ec2: EC2Client, settings: Settings, ami: str, now: dt.datetime) -
     except (ClientError, BotoCoreError, ResponseParserError) as e:
         # The local stand-in (moto) answers an HTML 500 page; real AWS implements it. A missing
         # deprecation time is not worth failing a release for.
-        log.warning("%s: could not set deprecation time: %s", ami, e)
+        reason = str(e).splitlines()[0][:120]
+        log.warning("%s: deprecation time not set: %s: %s", ami, type(e).__name__, reason)
         return ""
     return when.isoformat()
 

@@ -42,8 +42,9 @@ def moto_in_process() -> Iterator[str]:
     use_dummy_credentials()
     from moto.server import ThreadedMotoServer
 
-    # One access-log line per request would drown fedimg's own output.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # One access-log line per request, and a traceback for every call moto does not implement,
+    # would drown fedimg's own output (fedimg reports those failures itself).
+    logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
