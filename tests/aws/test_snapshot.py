@@ -175,3 +175,54 @@ class _Raw:
 
     def read(self, *_: Any) -> bytes:
         return self.body
+
+
+def test_killed_upload_is_resumed_into_the_same_snapshot(
+    settings: Settings,
+    session: boto3.session.Session,
+    rec: Recorder,
+    image: tuple[Path, list[int]],
+    aws: str,
+) -> None:
+    xz, nonzero = image
+    ebs_client = ebs(aws)
+    # What a run killed mid-upload leaves: a started snapshot, tagged uploading, a few blocks in.
+    identity = ImageIdentity("sparse.x86_64", "x86_64", sha256_file(xz))
+    tags = [{"Key": k, "Value": v} for k, v in identity.tags().items()]
+    killed = ebs_client.start_snapshot(
+        VolumeSize=1, Tags=[*tags, {"Key": "fedimg:state", "Value": "uploading"}]
+    )["SnapshotId"]
+    result = upload(settings, session, xz)
+    assert result.snapshot_id == killed and not result.reused
+    assert rec.count("StartSnapshot") == 0
+    listed = ebs_client.list_snapshot_blocks(SnapshotId=killed)["Blocks"]
+    assert sorted(b["BlockIndex"] for b in listed) == nonzero
+    assert [s["SnapshotId"] for s in our_snapshots(aws)] == [killed]
+
+
+def test_run_killed_while_completing_is_completed_without_the_data(
+    settings: Settings,
+    session: boto3.session.Session,
+    rec: Recorder,
+    image: tuple[Path, list[int]],
+    aws: str,
+) -> None:
+    xz, _ = image
+    identity = ImageIdentity("sparse.x86_64", "x86_64", sha256_file(xz))
+    tags = [{"Key": k, "Value": v} for k, v in identity.tags().items()]
+    state = [
+        {"Key": "fedimg:state", "Value": "completing"},
+        {"Key": "fedimg:changed-blocks", "Value": "12"},
+        {"Key": "fedimg:linear-checksum", "Value": "abc="},
+    ]
+    snap = ebs(aws).start_snapshot(VolumeSize=1, Tags=[*tags, *state])["SnapshotId"]
+    stale = ebs(aws).start_snapshot(
+        VolumeSize=1, Tags=[*tags, {"Key": "fedimg:state", "Value": "uploading"}]
+    )["SnapshotId"]
+    result = upload(settings, session, xz)
+    assert result.snapshot_id == snap and result.reused
+    assert rec.count("PutSnapshotBlock") == 0
+    assert [s["SnapshotId"] for s in our_snapshots(aws)] == [snap]  # the stale one is gone
+    assert stale not in {s["SnapshotId"] for s in our_snapshots(aws)}
+    tags_now = {t["Key"]: t["Value"] for t in our_snapshots(aws)[0]["Tags"]}
+    assert tags_now["fedimg:state"] == "uploaded"

@@ -61,7 +61,7 @@ class Clients:
                     region_name=region,
                     connect_timeout=self.settings.connect_timeout,
                     read_timeout=self.settings.read_timeout,
-                    retries={"mode": "standard", "max_attempts": self.settings.max_attempts},
+                    retries={"mode": "standard", "total_max_attempts": self.settings.max_attempts},
                     max_pool_connections=self.pool_size,
                 )
                 self._cache[key] = self.session.client(

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 
 GIB = 1024**3
 STATE_UPLOADING = "uploading"
+STATE_COMPLETING = "completing"
 STATE_UPLOADED = "uploaded"
+TAG_BLOCKS = "fedimg:changed-blocks"
+TAG_CHECKSUM = "fedimg:linear-checksum"
 # Right after StartSnapshot the snapshot may not be visible to PutSnapshotBlock yet (eventual
 # consistency): the first block waits for it this long.
 VISIBLE_DEADLINE_S = 60.0
@@ -56,18 +59,17 @@ class SnapshotResult:
     reused: bool
 
 
-def find_uploaded_snapshot(ec2: EC2Client, identity: ImageIdentity) -> str | None:
-    """The completed snapshot an earlier run made for this image, if any."""
+def earlier_snapshots(ec2: EC2Client, identity: ImageIdentity) -> list[dict[str, Any]]:
+    """Every snapshot fedimg started for this image, newest first."""
     resp = ec2.describe_snapshots(
-        OwnerIds=["self"],
-        Filters=[
-            {"Name": f"tag:{TAG_KEY}", "Values": [identity.key]},
-            {"Name": f"tag:{TAG_STATE}", "Values": [STATE_UPLOADED]},
-            {"Name": "status", "Values": ["completed"]},
-        ],
+        OwnerIds=["self"], Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [identity.key]}]
     )
-    snaps = sorted(resp["Snapshots"], key=lambda s: s["SnapshotId"])
-    return snaps[0]["SnapshotId"] if snaps else None
+    snaps = [dict(s) for s in resp["Snapshots"]]
+    return sorted(snaps, key=lambda s: (str(s.get("StartTime", "")), s["SnapshotId"]), reverse=True)
+
+
+def _tag(snapshot: dict[str, Any], key: str) -> str:
+    return next((t["Value"] for t in snapshot.get("Tags", []) if t["Key"] == key), "")
 
 
 def upload_snapshot_if_not_exists(
@@ -77,65 +79,69 @@ def upload_snapshot_if_not_exists(
     clients: Clients,
     sink: Sink = null_sink,
 ) -> SnapshotResult:
-    """Uploads the image into a new snapshot unless an earlier run already completed one.
+    """Uploads the image into a snapshot unless an earlier run already did.
 
-    Safe to re-run: a completed upload is found by its ``fedimg:image-key`` tag; an interrupted one
-    was never tagged ``uploaded`` and is ignored (AWS abandons it after its timeout; ``fedimg gc``
-    deletes it sooner).
+    Safe to re-run, whatever point an earlier run was killed at; the ``fedimg:state`` tag says how
+    far it got: ``uploaded`` → reused; ``completing`` (every block was sent, the count and LINEAR
+    checksum are in tags) → completed now; ``uploading`` → adopted: every block is sent again into
+    it (writes are idempotent) and it is completed. Older leftovers are deleted.
     """
     region = settings.aws.base_region
     ec2, ebs = clients.ec2(region), clients.ebs(region)
     started = time.monotonic()
+    what = f"snapshot of {identity.image_name}"
     try:
-        existing = find_uploaded_snapshot(ec2, identity)
+        earlier = earlier_snapshots(ec2, identity)
+        usable = [s for s in earlier if s.get("State") not in ("error", "recoverable")]
+        for state in (STATE_UPLOADED, STATE_COMPLETING):
+            done = [s for s in usable if _tag(s, TAG_STATE) == state]
+            if done:
+                snap = done[0]
+                if state == STATE_COMPLETING:
+                    _complete(
+                        ec2,
+                        ebs,
+                        snap["SnapshotId"],
+                        int(_tag(snap, TAG_BLOCKS) or 0),
+                        _tag(snap, TAG_CHECKSUM),
+                        settings,
+                    )
+                _delete_all(ec2, [s for s in earlier if s is not snap])
+                log.info("%s: reusing snapshot %s", identity.image_name, snap["SnapshotId"])
+                gib = int(snap.get("VolumeSize", 0))
+                return SnapshotResult(snap["SnapshotId"], region, gib, 0, 0, 0, 0, 0.0, True)
+        gib = max(1, math.ceil(source.raw_size / GIB))
+        resumable = [
+            s
+            for s in usable
+            if _tag(s, TAG_STATE) == STATE_UPLOADING and int(s.get("VolumeSize", 0)) == gib
+        ]
+        snapshot_id = resumable[0]["SnapshotId"] if resumable else ""
+        _delete_all(ec2, [s for s in earlier if s["SnapshotId"] != snapshot_id])
+        if snapshot_id:
+            log.info("%s: resuming the upload into %s", identity.image_name, snapshot_id)
+        else:
+            snapshot_id = _start(ebs, identity, settings, gib)
     except (ClientError, BotoCoreError) as e:
-        raise translate(e, f"looking for the snapshot of {identity.image_name}") from e
-    if existing:
-        log.info("%s: reusing snapshot %s", identity.image_name, existing)
-        return SnapshotResult(existing, region, 0, 0, 0, 0, 0, 0.0, reused=True)
-
-    raw_size = source.raw_size
-    gib = max(1, math.ceil(raw_size / GIB))
-    tags = identity.tags(settings.image.tags)
-    tags[TAG_STATE] = STATE_UPLOADING
-    try:
-        snapshot_id = ebs.start_snapshot(
-            VolumeSize=gib,
-            # Guards against duplicates from botocore's own retries of this request; re-runs
-            # are recognised by tags, so every run has its own token.
-            ClientToken=str(uuid.uuid4()),
-            Tags=tag_list(tags),
-            Timeout=settings.aws.snapshot_timeout_minutes,
-            Description=f"fedimg upload of {identity.image_name}",
-        )["SnapshotId"]
-    except (ClientError, BotoCoreError) as e:
-        raise translate(e, f"StartSnapshot for {identity.image_name}") from e
-    log.info("%s: started snapshot %s (%d GiB)", identity.image_name, snapshot_id, gib)
+        raise translate(e, what) from e
 
     try:
         writer = _BlockWriter(ebs, snapshot_id, settings.aws.upload_workers)
         sent, skipped = writer.write_all(source, identity, region, sink)
-        what = f"snapshot {snapshot_id} of {identity.image_name}"
+        checksum = writer.aggregate_checksum()
         try:
-            ebs.complete_snapshot(
-                SnapshotId=snapshot_id,
-                ChangedBlocksCount=sent,
-                Checksum=writer.aggregate_checksum(),
-                ChecksumAlgorithm="SHA256",
-                ChecksumAggregationMethod="LINEAR",
-            )
-            wait_until(
-                what,
-                lambda: _snapshot_state(ec2, snapshot_id),
-                done="completed",
-                failed=("error", "recoverable"),
-                deadline_s=settings.aws.wait_seconds,
-            )
+            # Recorded first, so a run killed from here on can complete it without the data.
             ec2.create_tags(
-                Resources=[snapshot_id], Tags=[{"Key": TAG_STATE, "Value": STATE_UPLOADED}]
+                Resources=[snapshot_id],
+                Tags=[
+                    {"Key": TAG_STATE, "Value": STATE_COMPLETING},
+                    {"Key": TAG_BLOCKS, "Value": str(sent)},
+                    {"Key": TAG_CHECKSUM, "Value": checksum},
+                ],
             )
+            _complete(ec2, ebs, snapshot_id, sent, checksum, settings)
         except (ClientError, BotoCoreError) as e:
-            raise translate(e, what) from e
+            raise translate(e, f"snapshot {snapshot_id} of {identity.image_name}") from e
     except BaseException:
         delete_snapshot_quietly(ec2, snapshot_id)
         raise
@@ -150,6 +156,56 @@ def upload_snapshot_if_not_exists(
         time.monotonic() - started,
         reused=False,
     )
+
+
+def _start(ebs: EBSClient, identity: ImageIdentity, settings: Settings, gib: int) -> str:
+    tags = identity.tags(settings.image.tags) | {TAG_STATE: STATE_UPLOADING}
+    snapshot_id = ebs.start_snapshot(
+        VolumeSize=gib,
+        # Guards against duplicates from botocore's own retries of this request; re-runs
+        # are recognised by tags, so every run has its own token.
+        ClientToken=str(uuid.uuid4()),
+        Tags=tag_list(tags),
+        Timeout=settings.aws.snapshot_timeout_minutes,
+        Description=f"fedimg upload of {identity.image_name}",
+    )["SnapshotId"]
+    log.info("%s: started snapshot %s (%d GiB)", identity.image_name, snapshot_id, gib)
+    return snapshot_id
+
+
+def _complete(
+    ec2: EC2Client,
+    ebs: EBSClient,
+    snapshot_id: str,
+    blocks: int,
+    checksum: str,
+    settings: Settings,
+    *,
+    resumed: bool = False,
+) -> None:
+    """CompleteSnapshot (a resumed one only if not already completed), wait, tag ``uploaded``."""
+    if not resumed or _snapshot_state(ec2, snapshot_id) != "completed":
+        ebs.complete_snapshot(
+            SnapshotId=snapshot_id,
+            ChangedBlocksCount=blocks,
+            Checksum=checksum,
+            ChecksumAlgorithm="SHA256",
+            ChecksumAggregationMethod="LINEAR",
+        )
+    wait_until(
+        f"snapshot {snapshot_id}",
+        lambda: _snapshot_state(ec2, snapshot_id),
+        done="completed",
+        failed=("error", "recoverable"),
+        deadline_s=settings.aws.wait_seconds,
+    )
+    ec2.create_tags(Resources=[snapshot_id], Tags=[{"Key": TAG_STATE, "Value": STATE_UPLOADED}])
+
+
+def _delete_all(ec2: EC2Client, snapshots: list[dict[str, Any]]) -> None:
+    """Leftovers of earlier, killed runs (compose messages are handled one at a time)."""
+    for s in snapshots:
+        delete_snapshot_quietly(ec2, s["SnapshotId"])
 
 
 def _snapshot_state(ec2: EC2Client, snapshot_id: str) -> str:

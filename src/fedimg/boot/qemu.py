@@ -1,0 +1,502 @@
+"""The local boot test (Autocloud/tunir style): boot an image under QEMU and run checks over SSH.
+
+The image under test is never written: QEMU runs on a qcow2 overlay backed by it (a ``.raw.xz`` is
+first decompressed, sparsely, into the work folder). A NoCloud seed made by ``cloud-localds``
+carries a throwaway SSH key; the guest's port 22 is forwarded to a free loopback port. The serial
+console and the firmware's debug console are kept as logs; when the image does not boot, they say
+why.
+
+Outcomes: PASSED (SSH answered and every check passed), FAILED (the image is at fault: it did not
+boot, or a check failed), NEEDS_INSPECTION (the test itself could not run, e.g. QEMU failed to
+start: the image was not judged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import lzma
+import os
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import paramiko
+
+from fedimg.boot.ssh import FAILED, PASSED, CheckResult, run_checks, throwaway_key, wait_for_ssh
+from fedimg.config import Check, TestSettings
+from fedimg.errors import BootTestFailed, InputError, TransientError
+
+log = logging.getLogger(__name__)
+
+NEEDS_INSPECTION = "NEEDS_INSPECTION"
+FIRMWARES = ("bios", "uefi")
+QEMU = "qemu-system-x86_64"
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
+LOOPBACK = "127.0.0.1"
+GUEST_MEMORY_MIB = 1024  # what a Fedora cloud image needs; the sample needs far less
+GUEST_CPUS = 2
+TCG = ("-accel", "tcg", "-cpu", "qemu64")  # under TCG, qemu64 is faster than -cpu max
+KVM = ("-accel", "kvm", "-cpu", "host")
+ACCEL_ENV = "FEDIMG_QEMU_ACCEL"
+# The sample's serial self-test ends in ~4 s under TCG and faster under KVM; KVM that has not
+# finished it by then hangs (as on the project's machines, where nested KVM stalls in SYSLINUX).
+KVM_PROBE_TIMEOUT_S = 15.0
+CHECK_TIMEOUT_S = 60.0
+# Bound for QEMU to exit after SIGTERM before it gets SIGKILL, and for SIGKILL to take effect.
+STOP_TIMEOUT_S = 5.0
+TOOL_TIMEOUT_S = 60.0
+XZ_MAGIC = b"\xfd7zXZ\x00"
+CHUNK = 1024 * 1024
+
+
+@dataclass
+class LocalBootResult:
+    image: str
+    firmware: str
+    outcome: str  # PASSED, FAILED or NEEDS_INSPECTION
+    checks: list[CheckResult]
+    seconds: float
+    reason: str = ""
+    serial_log: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "firmware": self.firmware,
+            "outcome": self.outcome,
+            "checks": [asdict(c) for c in self.checks],
+            "seconds": round(self.seconds, 1),
+            "reason": self.reason,
+            "serial_log": self.serial_log,
+        }
+
+
+@dataclass(frozen=True)
+class Guest:
+    """A booted guest that answers SSH at ``host:port`` as ``user`` with ``pkey``."""
+
+    host: str
+    port: int
+    user: str
+    pkey: paramiko.PKey = field(repr=False)
+    serial_log: Path
+    qemu_pid: int
+
+
+class BootInfrastructureError(TransientError):
+    """The boot test could not run (a tool is missing, QEMU failed): the image was not judged."""
+
+
+def boot_test(
+    image: Path,
+    firmware: str,
+    checks: Sequence[Check],
+    user: str,
+    deadline_s: float = 120,
+    log_dir: Path | None = None,
+    *,
+    accel: Sequence[str] | None = None,
+    check_timeout_s: float = CHECK_TIMEOUT_S,
+) -> LocalBootResult:
+    """Boots ``image`` with ``firmware`` ("bios" or "uefi"), waits up to ``deadline_s`` for SSH as
+    ``user`` and runs ``checks``. QEMU is stopped before this returns, whatever happened."""
+    started = time.monotonic()
+    results: list[CheckResult] = []
+    logs = _log_folder(image, firmware, log_dir)
+    serial_log = logs / "serial.log"
+
+    def result(outcome: str, reason: str = "") -> LocalBootResult:
+        seconds = time.monotonic() - started
+        return LocalBootResult(
+            str(image), firmware, outcome, results, seconds, reason, str(serial_log)
+        )
+
+    try:
+        with _booted(image, firmware, user, deadline_s, logs, accel) as (_, client):
+            results = run_checks(client, checks, check_timeout_s)
+    except BootTestFailed as e:
+        return result(FAILED, str(e))
+    except BootInfrastructureError as e:
+        return result(NEEDS_INSPECTION, str(e))
+    failed = [c.name for c in results if c.outcome != PASSED]
+    if failed:
+        return result(FAILED, f"checks failed: {', '.join(failed)}")
+    return result(PASSED)
+
+
+@contextlib.contextmanager
+def running_guest(
+    image: Path,
+    firmware: str,
+    user: str,
+    deadline_s: float = 120,
+    *,
+    log_dir: Path | None = None,
+    accel: Sequence[str] | None = None,
+) -> Iterator[Guest]:
+    """Boots ``image`` and yields once SSH answers; QEMU is stopped when the block ends.
+
+    Raises BootTestFailed when the image does not boot (the reason names what the serial log shows)
+    and BootInfrastructureError when QEMU could not run it.
+    """
+    logs = _log_folder(image, firmware, log_dir)
+    with _booted(image, firmware, user, deadline_s, logs, accel) as (guest, client):
+        client.close()
+        yield guest
+
+
+@functools.cache
+def accelerator(probe_image: Path | None = None) -> tuple[str, ...]:
+    """QEMU's accelerator arguments: KVM only when it is proven to work, else TCG.
+
+    ``FEDIMG_QEMU_ACCEL=kvm|tcg`` decides outright. Otherwise KVM needs a usable ``/dev/kvm`` and
+    ``probe_image`` (the sample image, see ``fedimg.boot.sample``) must finish its serial self-test
+    under KVM within KVM_PROBE_TIMEOUT_S. A trivial guest is no proof: on the project's machines KVM
+    runs firmware fine, then stalls in the bootloader. Without a probe image, TCG: slower, but it
+    never hangs. The answer is cached for the process.
+    """
+    forced = os.environ.get(ACCEL_ENV, "")
+    if forced in ("kvm", "tcg"):
+        return KVM if forced == "kvm" else TCG
+    if forced:
+        raise ValueError(f"{ACCEL_ENV} must be kvm or tcg, not {forced!r}")
+    if probe_image is None or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return TCG
+    with tempfile.TemporaryDirectory(prefix="fedimg-kvm-probe-") as tmp:
+        overlay = _overlay(probe_image, Path(tmp))
+        args = [QEMU, "-machine", "q35", *KVM, "-m", "256", "-nodefaults", "-display", "none"]
+        args += ["-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+        args += ["-drive", f"file={overlay},format=qcow2,if=virtio"]
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            status = proc.wait(KVM_PROBE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            status = None
+        finally:
+            _stop(proc)
+    # The self-test's qexit 0 makes QEMU exit with (0 << 1) | 1.
+    works = status == 1
+    log.info("KVM %s the probe boot", "passed" if works else "failed")
+    return KVM if works else TCG
+
+
+def test_image_command(
+    image: str,
+    firmware: str,
+    settings: TestSettings,
+    user: str,
+    as_json: bool,
+    *,
+    checks: Sequence[Check] | None = None,
+    log_dir: Path | None = None,
+) -> int:
+    """``fedimg test-image``: boots IMAGE under each firmware asked for ("bios", "uefi" or "both"),
+    prints the results (JSON: one object, or a list for "both") and returns the exit status:
+    0 all passed, 1 a test failed, 2 a test could not be run (NEEDS_INSPECTION)."""
+    firmwares = list(FIRMWARES) if firmware == "both" else [firmware]
+    results = [
+        boot_test(
+            Path(image),
+            fw,
+            settings.checks if checks is None else checks,
+            user,
+            deadline_s=settings.ssh_seconds,
+            log_dir=log_dir,
+            check_timeout_s=settings.check_seconds,
+        )
+        for fw in firmwares
+    ]
+    if as_json:
+        payload = [r.to_json() for r in results]
+        print(json.dumps(payload if firmware == "both" else payload[0], indent=2))
+    else:
+        for r in results:
+            print(f"{r.firmware}: {r.outcome} in {r.seconds:.1f} s  {r.image}")
+            for c in r.checks:
+                print(f"  {c.outcome:6} {c.name}")
+            if r.reason:
+                print(f"  reason: {r.reason}")
+            print(f"  serial log: {r.serial_log}")
+    outcomes = {r.outcome for r in results}
+    if outcomes == {PASSED}:
+        return 0
+    return 1 if FAILED in outcomes else 2
+
+
+# --- one boot ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _booted(
+    image: Path,
+    firmware: str,
+    user: str,
+    deadline_s: float,
+    logs: Path,
+    accel: Sequence[str] | None,
+) -> Iterator[tuple[Guest, paramiko.SSHClient]]:
+    if firmware not in FIRMWARES:
+        raise ValueError(f"firmware must be one of {', '.join(FIRMWARES)}, not {firmware!r}")
+    if not image.is_file():
+        raise InputError(f"{image}: no such image file")
+    if firmware == "uefi" and not OVMF.is_file():
+        raise BootInfrastructureError(f"{OVMF} is missing: install the Debian package ovmf")
+    with tempfile.TemporaryDirectory(prefix="fedimg-boot-") as tmp:
+        work = Path(tmp)
+        disk = _overlay(_raw(image, work), work)
+        pkey, public_key = throwaway_key()
+        seed = _seed(work, public_key)
+        port = _free_port()
+        serial_log, firmware_log = logs / "serial.log", logs / "firmware.log"
+        args = [QEMU, "-machine", "q35", *(accel or accelerator())]
+        args += ["-smp", str(GUEST_CPUS), "-m", str(GUEST_MEMORY_MIB)]
+        args += ["-bios", str(OVMF)] if firmware == "uefi" else []
+        args += ["-nodefaults", "-display", "none", "-no-reboot"]
+        args += ["-serial", f"file:{_qemu_path(serial_log)}"]
+        # SeaBIOS (and OVMF debug builds) write their messages to port 0x402, not to the serial.
+        args += ["-chardev", f"file,id=fw,path={_qemu_path(firmware_log)}"]
+        args += ["-device", "isa-debugcon,iobase=0x402,chardev=fw"]
+        args += ["-drive", f"file={_qemu_path(disk)},format=qcow2,if=virtio"]
+        args += ["-drive", f"file={_qemu_path(seed)},format=raw,if=virtio,readonly=on"]
+        args += ["-netdev", f"user,id=n0,hostfwd=tcp:{LOOPBACK}:{port}-:22"]
+        # romfile= drops the network boot ROM: the test boots the disk, never the network.
+        args += ["-device", "virtio-net-pci,netdev=n0,romfile="]
+        started = time.monotonic()
+        with (logs / "qemu.log").open("wb") as qemu_log:
+            try:
+                proc = subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=qemu_log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a Ctrl-C reaches us, and we stop QEMU ourselves
+                )
+            except FileNotFoundError as e:
+                raise BootInfrastructureError(f"{QEMU} not found: install qemu-system-x86") from e
+        try:
+            watch = _Watch(proc, logs, started)
+            try:
+                client = wait_for_ssh(LOOPBACK, port, user, pkey, deadline_s, abort_if=watch.check)
+            except BootInfrastructureError:
+                raise  # from watch.check: QEMU itself failed
+            except TransientError as e:
+                raise BootTestFailed(
+                    f"no SSH after {deadline_s:.0f} s ({_last_error(e)}); {watch.diagnosis()}"
+                ) from e
+            log.info("%s (%s): SSH answered after %.1f s", image, firmware, watch.elapsed())
+            try:
+                guest = Guest(LOOPBACK, port, user, pkey, serial_log, proc.pid)
+                yield guest, client
+            finally:
+                client.close()
+        finally:
+            _stop(proc)
+
+
+class _Watch:
+    """Stops the wait for SSH early when the guest cannot come up any more."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], logs: Path, started: float) -> None:
+        self.proc, self.logs, self.started = proc, logs, started
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def check(self) -> None:
+        status = self.proc.poll()
+        if status is not None and status != 0:
+            qemu_says = _last_line(_read(self.logs / "qemu.log")) or "no message"
+            raise BootInfrastructureError(f"QEMU exited with status {status}: {qemu_says}")
+        if status == 0:  # -no-reboot: the guest powered off or tried to reboot
+            raise BootTestFailed(
+                f"guest stopped after {self.elapsed():.0f} s without SSH; {self.diagnosis()}"
+            )
+        fatal = _fatal_sign(_read(self.logs / "serial.log"), _read(self.logs / "firmware.log"))
+        if fatal:
+            raise BootTestFailed(f"boot failed after {self.elapsed():.0f} s; {fatal}")
+
+    def diagnosis(self) -> str:
+        serial, firmware = _read(self.logs / "serial.log"), _read(self.logs / "firmware.log")
+        fatal = _fatal_sign(serial, firmware)
+        if fatal:
+            return fatal
+        if serial.strip():
+            return f"serial log ends with {_last_line(serial)!r}"
+        if firmware.strip():
+            return f"serial log is empty; firmware log ends with {_last_line(firmware)!r}"
+        return "serial and firmware logs are empty"
+
+
+# Signs, in the serial or firmware log, that the guest will never answer SSH.
+_FATAL_SIGNS = (
+    ("serial", re.compile(r"@@FAIL (\S+)([^\r\n]*)"), "{0} ({1})"),
+    ("serial", re.compile(r"Kernel panic - not syncing: ([^\r\n]*)"), "kernel panic: {0}"),
+    ("serial", re.compile(r"Entering emergency mode[^\r\n]*"), "the initramfs gave up: {0}"),
+    ("firmware", re.compile(r"No bootable device"), "no bootable device (BIOS)"),
+    (
+        "serial",
+        re.compile(r'starting Boot\w+ "EFI Internal Shell"'),
+        "UEFI found nothing to boot and started its shell",
+    ),
+    (
+        "serial",
+        re.compile(r"Start (PXE|HTTP Boot) over IPv[46]|iPXE \S+ -- Open Source Network Boot"),
+        "UEFI found no bootable disk and tried the network",
+    ),
+)
+_HINTS = (
+    re.compile(r"Boot failed: [^\r\n]*"),
+    re.compile(r"failed to load Boot\w+ [^\r\n]*"),
+)
+_ESCAPES = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]|\r")
+
+
+def _fatal_sign(serial: str, firmware: str) -> str:
+    for source, pattern, template in _FATAL_SIGNS:
+        text = serial if source == "serial" else firmware
+        match = pattern.search(text)
+        if match:
+            found = template.format(*(g.strip() for g in match.groups()), match.group(0).strip())
+            hints = [h.group(0).strip() for p in _HINTS for h in [p.search(text)] if h]
+            detail = f" [{'; '.join(hints)}]" if hints else ""
+            return f"{source} log shows {found.replace(' ()', '')}{detail}"
+    return ""
+
+
+def _read(path: Path) -> str:
+    try:
+        return _ESCAPES.sub("", path.read_bytes().decode(errors="replace"))
+    except FileNotFoundError:
+        return ""
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def _last_error(e: TransientError) -> str:
+    match = re.search(r"\(last error: (.*)\)$", str(e))
+    return match.group(1) if match else str(e)
+
+
+# --- the pieces -------------------------------------------------------------------------------
+
+
+def _log_folder(image: Path, firmware: str, log_dir: Path | None) -> Path:
+    """A new folder for one boot's logs; it outlives the test so the serial log can be read."""
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"fedimg-boot-{image.name}.{firmware}.", dir=log_dir))
+
+
+def _raw(image: Path, work: Path) -> Path:
+    """The image as raw bytes QEMU can read: itself, or its sparse decompression when it is xz."""
+    with image.open("rb") as f:
+        if f.read(len(XZ_MAGIC)) != XZ_MAGIC:
+            return image
+    raw = work / image.name.removesuffix(".xz")
+    try:
+        with lzma.open(image) as src, raw.open("wb") as dst:
+            _copy_sparse(src, dst)
+    except lzma.LZMAError as e:
+        raise InputError(f"{image}: not a valid xz file: {e}") from e
+    return raw
+
+
+def _copy_sparse(src: IO[bytes], dst: IO[bytes]) -> None:
+    # Zero chunks become holes: a 5 GiB Fedora image is mostly zeros and must not fill the disk.
+    zeros = bytes(CHUNK)
+    size = 0
+    while chunk := src.read(CHUNK):
+        size += len(chunk)
+        if chunk == zeros[: len(chunk)]:
+            dst.seek(len(chunk), os.SEEK_CUR)
+        else:
+            dst.write(chunk)
+    dst.truncate(size)
+
+
+def _overlay(raw: Path, work: Path) -> Path:
+    """A qcow2 overlay backed by ``raw``: the guest writes there, never into the image."""
+    overlay = work / "overlay.qcow2"
+    backing = ["-F", "raw", "-b", str(raw.resolve())]
+    _tool(["qemu-img", "create", "-q", "-f", "qcow2", *backing, str(overlay)], package="qemu-utils")
+    return overlay
+
+
+def _seed(work: Path, public_key: str) -> Path:
+    """A NoCloud seed (volume label cidata) that authorizes ``public_key``."""
+    user_data, meta_data, seed = work / "user-data", work / "meta-data", work / "seed.iso"
+    user_data.write_text(f"#cloud-config\nssh_authorized_keys:\n  - {public_key}\n")
+    instance_id = f"iid-fedimg-{os.getpid()}-{time.time_ns()}"
+    meta_data.write_text(f"instance-id: {instance_id}\nlocal-hostname: fedimg-boottest\n")
+    _tool(["cloud-localds", str(seed), str(user_data), str(meta_data)], package="cloud-image-utils")
+    return seed
+
+
+def _free_port() -> int:
+    # The port is free now; QEMU binds it a moment later (a rare clash shows as QEMU failing).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _qemu_path(path: Path) -> str:
+    if "," in str(path):  # QEMU's option syntax would split the path there
+        raise BootInfrastructureError(f"{path}: QEMU cannot take a path containing a comma")
+    return str(path)
+
+
+def _tool(args: list[str], package: str) -> None:
+    try:
+        subprocess.run(args, capture_output=True, timeout=TOOL_TIMEOUT_S, check=True)
+    except FileNotFoundError as e:
+        raise BootInfrastructureError(f"{args[0]} not found: install {package}") from e
+    except subprocess.TimeoutExpired as e:
+        raise BootInfrastructureError(f"{args[0]} did not finish in {TOOL_TIMEOUT_S:.0f} s") from e
+    except subprocess.CalledProcessError as e:
+        message = _last_line(e.stderr.decode(errors="replace")) or f"exit status {e.returncode}"
+        raise BootInfrastructureError(f"{args[0]} failed: {message}") from e
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stops QEMU by its PID: SIGTERM, then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.error("QEMU (pid %d) did not exit after SIGKILL", proc.pid)
+
+
+__all__ = [
+    "FAILED",
+    "FIRMWARES",
+    "NEEDS_INSPECTION",
+    "PASSED",
+    "BootInfrastructureError",
+    "Guest",
+    "LocalBootResult",
+    "accelerator",
+    "boot_test",
+    "running_guest",
+    "test_image_command",
+]
