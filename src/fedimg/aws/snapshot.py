@@ -105,6 +105,7 @@ def upload_snapshot_if_not_exists(
                         int(_tag(snap, TAG_BLOCKS) or 0),
                         _tag(snap, TAG_CHECKSUM),
                         settings,
+                        resumed=True,
                     )
                 _delete_all(ec2, [s for s in earlier if s is not snap])
                 log.info("%s: reusing snapshot %s", identity.image_name, snap["SnapshotId"])
