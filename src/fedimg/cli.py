@@ -230,14 +230,25 @@ def results(obj: _Context, compose_id: str, as_json: bool) -> None:
     "--firmware", type=click.Choice(["bios", "uefi", "both"]), default="both", show_default=True
 )
 @click.option("--user", default="root", show_default=True, help="User to SSH in as.")
+@click.option(
+    "--sample-checks", is_flag=True, help="The checks fedimg's busybox sample image can answer."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list when --firmware both).")
 @click.pass_obj
 @_fail_cleanly
-def test_image(obj: _Context, image: str, firmware: str, user: str, as_json: bool) -> None:
+def test_image(
+    obj: _Context, image: str, firmware: str, user: str, sample_checks: bool, as_json: bool
+) -> None:
     """Boot IMAGE (.raw or .raw.xz) under QEMU and run the checks over SSH; never modifies it."""
-    from fedimg.boot.qemu import test_image_command
+    import dataclasses
 
-    sys.exit(test_image_command(image, firmware, obj.settings.test, user, as_json))
+    from fedimg.boot.qemu import test_image_command
+    from fedimg.boot.sample import SAMPLE_CHECKS
+
+    test = obj.settings.test
+    if sample_checks:
+        test = dataclasses.replace(test, checks=SAMPLE_CHECKS)
+    sys.exit(test_image_command(image, firmware, test, user, as_json))
 
 
 @main.command()

@@ -25,19 +25,13 @@ from rich.table import Table
 
 from fedimg import config as config_mod
 from fedimg.aws.clients import Clients
-from fedimg.config import Check, Settings
+from fedimg.boot.sample import SAMPLE_CHECKS
+from fedimg.config import Settings
 from fedimg.events import Event, fan_out
 from fedimg.pipeline import ComposeOutcome, Pipeline
 
 BUILD_DIR = Path("build")
 DEMO_REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2")
-# The sample image is busybox + dropbear, not Fedora: these are the checks it can answer.
-SAMPLE_CHECKS = (
-    Check("true", "/bin/true"),
-    Check("kernel", "uname -s", "Linux"),
-    Check("root-writable", "touch /root/.fedimg-check && echo writable", "writable"),
-    Check("root-mounted", 'awk \'$2 == "/" {print "mounted"; exit}\' /proc/mounts', "mounted"),
-)
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"
 
 

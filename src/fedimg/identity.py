@@ -19,6 +19,8 @@ TAG_SHA256 = "fedimg:sha256"
 TAG_COMPOSE = "fedimg:compose-id"
 TAG_STATE = "fedimg:state"
 TAG_ROLE = "fedimg:role"
+TAG_TEST_RUN = "fedimg:test-run"
+TAG_TESTED_AMI = "fedimg:ami"
 # Every resource fedimg creates carries this tag, for `fedimg gc`.
 TAG_MANAGED = "fedimg:managed"
 

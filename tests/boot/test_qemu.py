@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 
+from fedimg import config
 from fedimg.boot import qemu, sample
 from fedimg.boot.ssh import FAILED, PASSED, run_checks, wait_for_ssh
 from fedimg.config import Check
@@ -189,21 +191,33 @@ def test_missing_image_is_an_input_error(tmp_path: Path) -> None:
 def test_accelerator_can_be_forced_and_otherwise_probes_in_bounded_time(
     image: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    qemu.accelerator.cache_clear()
+    monkeypatch.setattr(qemu, "_kvm_probes", {})
     monkeypatch.setenv(qemu.ACCEL_ENV, "tcg")
     assert qemu.accelerator(image) == qemu.TCG
     monkeypatch.setenv(qemu.ACCEL_ENV, "fast")
-    qemu.accelerator.cache_clear()
     with pytest.raises(ValueError, match="kvm or tcg"):
         qemu.accelerator(image)
     monkeypatch.delenv(qemu.ACCEL_ENV)
-    qemu.accelerator.cache_clear()
-    assert qemu.accelerator(None) == qemu.TCG  # nothing to prove KVM with
+    assert qemu.accelerator(None) == qemu.TCG  # nothing has proven KVM yet
     started = time.monotonic()
     chosen = qemu.accelerator(image)
-    assert chosen in (qemu.KVM, qemu.TCG)
     assert time.monotonic() - started < qemu.KVM_PROBE_TIMEOUT_S + 2 * qemu.STOP_TIMEOUT_S + 5
+    assert chosen in (qemu.KVM, qemu.TCG)
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         assert chosen == qemu.TCG
+    assert qemu.accelerator(None) == chosen  # the probe's answer is remembered
     assert not _qemu_pids_using("fedimg-kvm-probe-")
-    qemu.accelerator.cache_clear()
+
+
+def test_test_image_command_prints_json_and_returns_the_exit_status(
+    build_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = sample.corrupt_variants(build_dir)["broken-boot-sector"]
+    status = qemu.test_image_command(
+        str(broken), "bios", config.TestSettings(), USER, as_json=True, log_dir=tmp_path
+    )
+    assert status == 1
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["outcome"] == FAILED
+    assert payload["firmware"] == "bios"
+    assert "no bootable device" in payload["reason"]

@@ -12,7 +12,14 @@ import paramiko
 import pytest
 
 from fedimg.boot import qemu, sample
-from fedimg.boot.ssh import FAILED, PASSED, run_checks, throwaway_key, wait_for_ssh
+from fedimg.boot.ssh import (
+    FAILED,
+    PASSED,
+    SshUnreachable,
+    run_checks,
+    throwaway_key,
+    wait_for_ssh,
+)
 from fedimg.config import Check
 from fedimg.errors import TransientError
 
@@ -50,7 +57,8 @@ def test_wait_for_ssh_gives_up_at_its_deadline_with_a_transient_error() -> None:
     with pytest.raises(TransientError, match=r"no SSH as root@127.0.0.1:\d+ after 2 s") as e:
         wait_for_ssh("127.0.0.1", port, "root", pkey, deadline_s=2)
     assert 2 <= time.monotonic() - started < 4
-    assert "ConnectionRefusedError" in str(e.value)
+    assert isinstance(e.value, SshUnreachable)
+    assert e.value.last_error.startswith("ConnectionRefusedError")
     assert e.value.retryable
 
 

@@ -25,7 +25,7 @@ from fedimg.aws.clients import Clients, translate
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings
 from fedimg.errors import AwsError, FedimgError, TransientError
-from fedimg.identity import TAG_ROLE, tag_list
+from fedimg.identity import TAG_ROLE, TAG_TEST_RUN, TAG_TESTED_AMI, tag_list
 from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, TestSubject, TestVerdict
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class Ec2BootTester:
         from fedimg.boot.ssh import throwaway_key
 
         ec2 = self.clients.ec2(subject.region)
+        clean_up_earlier_tests(ec2, subject.ami, self.settings.test.boot_seconds)
         run = _TestRun(self.settings, ec2, subject, uuid.uuid4().hex[:12])
         pkey, public = throwaway_key()
         try:
@@ -92,6 +93,49 @@ class Ec2BootTester:
         return TestVerdict(PASSED, tuple(checks))
 
 
+def clean_up_earlier_tests(ec2: EC2Client, ami: str, deadline_s: float) -> None:
+    """Removes what an earlier test of this AMI left when its process was killed.
+
+    Compose messages are handled one at a time, so a test resource of this AMI that still exists
+    belongs to a dead run.
+    """
+    mine: list[Any] = [
+        {"Name": f"tag:{TAG_ROLE}", "Values": ["test"]},
+        {"Name": f"tag:{TAG_TESTED_AMI}", "Values": [ami]},
+    ]
+    try:
+        reservations = ec2.describe_instances(Filters=mine)["Reservations"]
+        alive = [
+            i["InstanceId"]
+            for r in reservations
+            for i in r["Instances"]
+            if i["State"]["Name"] != "terminated"
+        ]
+        if alive:
+            log.info("%s: terminating test instances of a killed run: %s", ami, alive)
+            ec2.terminate_instances(InstanceIds=alive)
+            for instance_id in alive:
+                wait_until(
+                    f"termination of {instance_id}",
+                    lambda i=instance_id: _instance_state(ec2, i),  # type: ignore[misc]
+                    done="terminated",
+                    failed=(),
+                    deadline_s=deadline_s,
+                    good_reads=1,
+                )
+        for g in ec2.describe_security_groups(Filters=mine)["SecurityGroups"]:
+            ec2.delete_security_group(GroupId=g["GroupId"])
+        for k in ec2.describe_key_pairs(Filters=mine)["KeyPairs"]:
+            ec2.delete_key_pair(KeyName=k["KeyName"])
+    except (ClientError, BotoCoreError) as e:
+        log.warning("%s: could not remove an earlier test's resources (fedimg gc will): %s", ami, e)
+
+
+def _instance_state(ec2: EC2Client, instance_id: str) -> str:
+    r = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return str(r[0]["Instances"][0]["State"]["Name"]) if r and r[0]["Instances"] else "terminated"
+
+
 class _TestRun:
     """The throwaway resources of one test, and their removal."""
 
@@ -103,7 +147,7 @@ class _TestRun:
         self.instance_id = ""
         self.tags = tag_list(
             subject.identity.tags(settings.image.tags)
-            | {TAG_ROLE: "test", "fedimg:test-run": run_id, "fedimg:ami": subject.ami}
+            | {TAG_ROLE: "test", TAG_TEST_RUN: run_id, TAG_TESTED_AMI: subject.ami}
         )
 
     def _spec(self, kind: str) -> list[Any]:

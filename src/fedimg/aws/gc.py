@@ -39,7 +39,7 @@ from fedimg.aws.clients import Clients, error_code, translate
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings
 from fedimg.errors import FedimgError
-from fedimg.identity import TAG_KEY, TAG_MANAGED, TAG_ROLE, TAG_STATE
+from fedimg.identity import TAG_KEY, TAG_MANAGED, TAG_ROLE, TAG_STATE, TAG_TEST_RUN
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -53,7 +53,6 @@ GRACE = timedelta(hours=1)
 # EC2 terminates an instance in well under a minute; a slow region gets ten.
 TERMINATE_DEADLINE_S = 600.0
 # Set by the boot test on its key pair, security group and instance (boottest.py).
-TAG_TEST_RUN = "fedimg:test-run"
 STATE_UPLOADING = "uploading"
 ROLE_TEST = "test"
 

@@ -14,7 +14,6 @@ start: the image was not judged).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import lzma
@@ -31,7 +30,15 @@ from typing import IO, Any
 
 import paramiko
 
-from fedimg.boot.ssh import FAILED, PASSED, CheckResult, run_checks, throwaway_key, wait_for_ssh
+from fedimg.boot.ssh import (
+    FAILED,
+    PASSED,
+    CheckResult,
+    SshUnreachable,
+    run_checks,
+    throwaway_key,
+    wait_for_ssh,
+)
 from fedimg.config import Check, TestSettings
 from fedimg.errors import BootTestFailed, InputError, TransientError
 
@@ -142,40 +149,58 @@ def running_guest(
     *,
     log_dir: Path | None = None,
     accel: Sequence[str] | None = None,
+    key: tuple[paramiko.PKey, str] | None = None,
 ) -> Iterator[Guest]:
     """Boots ``image`` and yields once SSH answers; QEMU is stopped when the block ends.
+
+    ``key`` (a paramiko key and its public ``authorized_keys`` line) replaces the throwaway key,
+    for a caller that must hand the key to another process.
 
     Raises BootTestFailed when the image does not boot (the reason names what the serial log shows)
     and BootInfrastructureError when QEMU could not run it.
     """
     logs = _log_folder(image, firmware, log_dir)
-    with _booted(image, firmware, user, deadline_s, logs, accel) as (guest, client):
+    with _booted(image, firmware, user, deadline_s, logs, accel, key) as (guest, client):
         client.close()
         yield guest
 
 
-@functools.cache
 def accelerator(probe_image: Path | None = None) -> tuple[str, ...]:
     """QEMU's accelerator arguments: KVM only when it is proven to work, else TCG.
 
     ``FEDIMG_QEMU_ACCEL=kvm|tcg`` decides outright. Otherwise KVM needs a usable ``/dev/kvm`` and
-    ``probe_image`` (the sample image, see ``fedimg.boot.sample``) must finish its serial self-test
-    under KVM within KVM_PROBE_TIMEOUT_S. A trivial guest is no proof: on the project's machines KVM
-    runs firmware fine, then stalls in the bootloader. Without a probe image, TCG: slower, but it
-    never hangs. The answer is cached for the process.
+    a probe: ``probe_image`` (the sample image, see ``fedimg.boot.sample``) must finish its serial
+    self-test under KVM within KVM_PROBE_TIMEOUT_S. A trivial guest is no proof: on the project's
+    machines KVM runs the firmware fine, then stalls in the bootloader. Each probe image is probed
+    once per process; without one, KVM is used only if an earlier probe proved it. TCG is slower
+    but never hangs.
     """
     forced = os.environ.get(ACCEL_ENV, "")
     if forced in ("kvm", "tcg"):
         return KVM if forced == "kvm" else TCG
     if forced:
         raise ValueError(f"{ACCEL_ENV} must be kvm or tcg, not {forced!r}")
-    if probe_image is None or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return TCG
+    if probe_image is not None:
+        key = probe_image.resolve()
+        if key not in _kvm_probes:
+            _kvm_probes[key] = _kvm_boots(key)
+            log.info("KVM %s the probe boot", "passed" if _kvm_probes[key] else "failed")
+        return KVM if _kvm_probes[key] else TCG
+    return KVM if any(_kvm_probes.values()) else TCG
+
+
+# Probe image -> whether it booted under KVM, for this process.
+_kvm_probes: dict[Path, bool] = {}
+
+
+def _kvm_boots(probe_image: Path) -> bool:
     with tempfile.TemporaryDirectory(prefix="fedimg-kvm-probe-") as tmp:
         overlay = _overlay(probe_image, Path(tmp))
         args = [QEMU, "-machine", "q35", *KVM, "-m", "256", "-nodefaults", "-display", "none"]
         args += ["-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
-        args += ["-drive", f"file={overlay},format=qcow2,if=virtio"]
+        args += ["-drive", f"file={_qemu_path(overlay)},format=qcow2,if=virtio"]
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -185,10 +210,8 @@ def accelerator(probe_image: Path | None = None) -> tuple[str, ...]:
             status = None
         finally:
             _stop(proc)
-    # The self-test's qexit 0 makes QEMU exit with (0 << 1) | 1.
-    works = status == 1
-    log.info("KVM %s the probe boot", "passed" if works else "failed")
-    return KVM if works else TCG
+    # Without a seed the sample runs /bin/true and reports through qexit: status (0 << 1) | 1.
+    return status == 1
 
 
 def test_image_command(
@@ -245,6 +268,7 @@ def _booted(
     deadline_s: float,
     logs: Path,
     accel: Sequence[str] | None,
+    key: tuple[paramiko.PKey, str] | None = None,
 ) -> Iterator[tuple[Guest, paramiko.SSHClient]]:
     if firmware not in FIRMWARES:
         raise ValueError(f"firmware must be one of {', '.join(FIRMWARES)}, not {firmware!r}")
@@ -255,7 +279,7 @@ def _booted(
     with tempfile.TemporaryDirectory(prefix="fedimg-boot-") as tmp:
         work = Path(tmp)
         disk = _overlay(_raw(image, work), work)
-        pkey, public_key = throwaway_key()
+        pkey, public_key = key or throwaway_key()
         seed = _seed(work, public_key)
         port = _free_port()
         serial_log, firmware_log = logs / "serial.log", logs / "firmware.log"
@@ -288,11 +312,9 @@ def _booted(
             watch = _Watch(proc, logs, started)
             try:
                 client = wait_for_ssh(LOOPBACK, port, user, pkey, deadline_s, abort_if=watch.check)
-            except BootInfrastructureError:
-                raise  # from watch.check: QEMU itself failed
-            except TransientError as e:
+            except SshUnreachable as e:
                 raise BootTestFailed(
-                    f"no SSH after {deadline_s:.0f} s ({_last_error(e)}); {watch.diagnosis()}"
+                    f"no SSH after {deadline_s:.0f} s ({e.last_error}); {watch.diagnosis()}"
                 ) from e
             log.info("%s (%s): SSH answered after %.1f s", image, firmware, watch.elapsed())
             try:
@@ -384,11 +406,6 @@ def _read(path: Path) -> str:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:200] if lines else ""
-
-
-def _last_error(e: TransientError) -> str:
-    match = re.search(r"\(last error: (.*)\)$", str(e))
-    return match.group(1) if match else str(e)
 
 
 # --- the pieces -------------------------------------------------------------------------------
@@ -485,18 +502,3 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             log.error("QEMU (pid %d) did not exit after SIGKILL", proc.pid)
-
-
-__all__ = [
-    "FAILED",
-    "FIRMWARES",
-    "NEEDS_INSPECTION",
-    "PASSED",
-    "BootInfrastructureError",
-    "Guest",
-    "LocalBootResult",
-    "accelerator",
-    "boot_test",
-    "running_guest",
-    "test_image_command",
-]

@@ -33,6 +33,14 @@ BANNER_WAIT_S = 5.0
 MAX_OUTPUT_BYTES = 64 * 1024
 
 
+class SshUnreachable(TransientError):
+    """No SSH session opened before the deadline; ``last_error`` is what the last attempt met."""
+
+    def __init__(self, message: str, last_error: str) -> None:
+        super().__init__(message)
+        self.last_error = last_error
+
+
 @dataclass
 class CheckResult:
     name: str
@@ -84,8 +92,8 @@ def wait_for_ssh(
 
     Refused connections, early disconnects and rejected keys are all retried: sshd may start
     before cloud-init has installed the key. ``abort_if`` is called before each attempt and may
-    raise to stop waiting (e.g. when the machine has powered off). Raises TransientError at the
-    deadline, naming the last error seen.
+    raise to stop waiting (e.g. when the machine has powered off). Raises SshUnreachable (a
+    TransientError) at the deadline, naming the last error seen.
     """
     deadline = time.monotonic() + deadline_s
     last_error = "no attempt made"
@@ -117,8 +125,9 @@ def wait_for_ssh(
                 sock.close()
             last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         time.sleep(max(0.0, min(RETRY_PAUSE_S, deadline - time.monotonic())))
-    raise TransientError(
-        f"no SSH as {user}@{host}:{port} after {deadline_s:.0f} s (last error: {last_error})"
+    raise SshUnreachable(
+        f"no SSH as {user}@{host}:{port} after {deadline_s:.0f} s (last error: {last_error})",
+        last_error,
     )
 
 

@@ -1,0 +1,167 @@
+"""Crash and resume: the pipeline process is SIGKILLed at each step, then run again.
+
+End state every time: exactly one AMI per image per region, public; SSM parameters pointing at
+them; no leftover fedimg snapshots, instances, key pairs or security groups. (moto's StartSnapshot
+also makes a volume, which EBS direct on AWS does not: volumes are not counted.)
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import paramiko
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from fedimg.boot.qemu import Guest, running_guest
+from fedimg.boot.sample import sample_image
+from fedimg.samplecompose import build_sample_compose, serve_directory
+from fedimg.source import BLOCK_SIZE
+from fedimg.synthetic import write_sparse_image
+from tests.crashdriver import POINTS
+from tests.helpers import ec2
+
+REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("compose")
+    raw = root / "disk.raw"
+    write_sparse_image(raw, 24 * BLOCK_SIZE, 0.5)
+    xz = root / "disk.raw.xz"
+    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
+    location = build_sample_compose(root / "tree", xz, arches=("x86_64", "aarch64"))
+    with serve_directory(root / "tree") as base:
+        yield f"{base}/{location.relative_to(root / 'tree').as_posix()}"
+
+
+@pytest.fixture(scope="module")
+def guest_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[paramiko.PKey, str, Path]:
+    private = ed25519.Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    path = tmp_path_factory.mktemp("key") / "id_ed25519"
+    path.write_bytes(pem)
+    path.chmod(0o600)
+    pkey = paramiko.Ed25519Key.from_private_key_file(str(path))
+    return pkey, f"{pkey.get_name()} {pkey.get_base64()}", path
+
+
+@pytest.fixture(scope="module")
+def guest(build_dir: Path, guest_key: tuple[paramiko.PKey, str, Path]) -> Iterator[Guest]:
+    pkey, public, _ = guest_key
+    with running_guest(sample_image(build_dir), "bios", "root", key=(pkey, public)) as g:
+        yield g
+
+
+def write_config(tmp_path: Path, aws: str) -> Path:
+    cfg = tmp_path / "fedimg.toml"
+    cfg.write_text(
+        f'[aws]\nendpoint_url = "{aws}"\nregions = {json.dumps(list(REGIONS))}\n'
+        "max_attempts = 2\nwait_seconds = 60\nupload_workers = 4\n"
+        "[publish]\ndeprecate_after_days = 0\n"
+        '[test]\nssh_user = "root"\nssh_seconds = 30\n'
+        '[[test.checks]]\nname = "true"\ncommand = "/bin/true"\n'
+    )
+    return cfg
+
+
+def run(cfg: Path, compose: str, point: str, guest: Guest, key: Path) -> int:
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.crashdriver",
+            str(cfg),
+            compose,
+            point,
+            str(guest.port),
+            str(key),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    return proc.returncode
+
+
+def end_state(aws: str) -> dict[str, object]:
+    state: dict[str, object] = {}
+    for region in REGIONS:
+        client = ec2(aws, region)
+        images = client.describe_images(Owners=["self"])["Images"]
+        state[f"{region} images"] = sorted(i["Name"].split("-hvm-")[0][-7:] for i in images)
+        state[f"{region} public"] = all(
+            {"Group": "all"}
+            in client.describe_image_attribute(ImageId=i["ImageId"], Attribute="launchPermission")[
+                "LaunchPermissions"
+            ]
+            for i in images
+        )
+        ssm = boto3.client("ssm", region_name=region, endpoint_url=aws)
+        state[f"{region} ssm"] = sorted(
+            p["Value"] in {i["ImageId"] for i in images}
+            for p in ssm.get_parameters_by_path(Path="/fedimg", Recursive=True)["Parameters"]
+        )
+    base = ec2(aws)
+    snaps = base.describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["fedimg:state"]}]
+    )["Snapshots"]
+    state["snapshot states"] = sorted(
+        next(t["Value"] for t in s["Tags"] if t["Key"] == "fedimg:state") for s in snaps
+    )
+    state["live instances"] = [
+        i["InstanceId"]
+        for r in base.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] != "terminated"
+    ]
+    state["key pairs"] = [k["KeyName"] for k in base.describe_key_pairs()["KeyPairs"]]
+    state["security groups"] = [
+        g["GroupName"]
+        for g in base.describe_security_groups()["SecurityGroups"]
+        if g["GroupName"] != "default"
+    ]
+    return state
+
+
+EXPECTED = {
+    **{f"{r} images": [".x86_64", "aarch64"] for r in REGIONS},
+    **{f"{r} public": True for r in REGIONS},
+    **{f"{r} ssm": [True, True] for r in REGIONS},
+    "snapshot states": ["uploaded", "uploaded"],
+    "live instances": [],
+    "key pairs": [],
+    "security groups": [],
+}
+
+
+@pytest.mark.parametrize("point", sorted(POINTS))
+def test_killed_run_is_finished_by_the_next(
+    point: str,
+    aws: str,
+    compose: str,
+    guest: Guest,
+    guest_key: tuple[paramiko.PKey, str, Path],
+    tmp_path: Path,
+) -> None:
+    cfg = write_config(tmp_path, aws)
+    key = guest_key[2]
+    assert run(cfg, compose, point, guest, key) == -9  # SIGKILL
+    assert run(cfg, compose, "none", guest, key) == 0
+    assert end_state(aws) == EXPECTED
