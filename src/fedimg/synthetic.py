@@ -20,9 +20,7 @@ def nonzero_block(rng: random.Random) -> bytes:
     return head + tail
 
 
-def write_sparse_image(
-    path: Path, size: int, nonzero_fraction: float, seed: int = 1
-) -> list[int]:
+def write_sparse_image(path: Path, size: int, nonzero_fraction: float, seed: int = 1) -> list[int]:
     """Writes a sparse raw image; returns the indexes of its non-zero blocks."""
     rng = random.Random(seed)
     blocks = -(-size // BLOCK_SIZE)
