@@ -168,6 +168,7 @@ def fedora_messaging_config(
     *,
     exchange: str = "amq.topic",
     topic_prefix: str = "",
+    queue_arguments: dict[str, Any] | None = None,
 ) -> Path:
     """Writes a fedora-messaging TOML for ``amqp_url`` and returns its path.
 
@@ -198,7 +199,7 @@ def fedora_messaging_config(
         "durable = false",
         "auto_delete = true",
         "exclusive = false",
-        "arguments = {}",
+        f"arguments = {_toml(queue_arguments or {})}",
         "",
         "[[bindings]]",
         f"queue = {_toml(queue)}",

@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +150,15 @@ def test_consumer_config_names_a_file_or_holds_tables(tmp_path: Path) -> None:
         settings_from_consumer_config({"fedimg_config": str(f), "aws": {}})
 
 
-def test_broker_end_to_end(amqp_url: str, compose: str, aws: str, tmp_path: Path) -> None:
-    """A FINISHED message on a real broker → `fedora-messaging consume` runs fedimg's consumer →
-    public AMIs in every region, SSM parameters, and fedimg's messages back on the broker."""
-    exchange = f"fedimg-e2e-{uuid.uuid4().hex[:8]}"
+@contextmanager
+def consumers(
+    amqp_url: str, aws: str, tmp_path: Path, exchange: str, count: int = 1
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` `fedora-messaging consume` processes running fedimg's consumer on one queue.
+
+    The queue is a single-active-consumer queue, as in fedimg-messaging.example.toml: RabbitMQ
+    gives its messages to one consumer at a time, so one compose is never processed twice at once.
+    """
     cfg = tmp_path / "fedimg.toml"
     cfg.write_text(
         f'[aws]\nendpoint_url = "{aws}"\nregions = {json.dumps(list(REGIONS))}\n'
@@ -167,26 +173,37 @@ def test_broker_end_to_end(amqp_url: str, compose: str, aws: str, tmp_path: Path
         consumer_config={"fedimg_config": str(cfg)},
         exchange=exchange,
         topic_prefix="org.fedoraproject.prod",
+        queue_arguments={"x-single-active-consumer": True},
     )
     env = os.environ | {"FEDORA_MESSAGING_CONF": str(conf)}
-    with collect_messages(
-        amqp_url, ["org.fedoraproject.prod.fedimg.#", "#.published.v1.aws"], exchange=exchange
-    ) as inbox:
-        proc = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "fedora-messaging"), "consume"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "consumer.log", "wb"),  # noqa: SIM115
-        )
-        try:
-            _wait_for_queue(amqp_url, f"{exchange}-in", proc, tmp_path)
-            _publish(amqp_url, exchange, compose_message(SAMPLE_COMPOSE_ID, compose))
-            # per image: upload started+completed, 2 copies, publish, uploader's; then the summary
-            inbox.wait(2 * 6 + 1, timeout=90)
-            received = inbox.wait_quiet(1.0)  # and nothing more
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    exe = os.path.join(os.path.dirname(sys.executable), "fedora-messaging")
+    procs = []
+    try:
+        for n in range(count):
+            log = open(tmp_path / f"consumer-{n}.log", "wb")  # noqa: SIM115
+            procs.append(subprocess.Popen([exe, "consume"], env=env, stdout=log, stderr=log))
+            _wait_for_queue(amqp_url, f"{exchange}-in", procs[-1], tmp_path, n + 1)
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+
+
+def test_broker_end_to_end(amqp_url: str, compose: str, aws: str, tmp_path: Path) -> None:
+    """A FINISHED message on a real broker → `fedora-messaging consume` runs fedimg's consumer →
+    public AMIs in every region, SSM parameters, and fedimg's messages back on the broker."""
+    exchange = f"fedimg-e2e-{uuid.uuid4().hex[:8]}"
+    keys = ["org.fedoraproject.prod.fedimg.#", "#.published.v1.aws"]
+    with (
+        collect_messages(amqp_url, keys, exchange=exchange) as inbox,
+        consumers(amqp_url, aws, tmp_path, exchange),
+    ):
+        _publish(amqp_url, exchange, compose_message(SAMPLE_COMPOSE_ID, compose))
+        # per image: upload started+completed, 2 copies, publish, uploader's; then the summary
+        inbox.wait(2 * 6 + 1, timeout=90)
+        received = inbox.wait_quiet(1.0)  # and nothing more
     topics = [m.topic for m in received]
     assert len(topics) == 13
     assert topics.count("org.fedoraproject.prod.fedimg.compose.complete") == 1
@@ -205,17 +222,38 @@ def test_broker_end_to_end(amqp_url: str, compose: str, aws: str, tmp_path: Path
             assert ssm[region].get_parameter(Name=name)["Parameter"]["Value"] == ami
 
 
-def _wait_for_queue(url: str, queue: str, proc: subprocess.Popen[bytes], tmp: Path) -> None:
-    """The consumer declares its queue when it is ready."""
+def test_same_compose_twice_at_once(amqp_url: str, compose: str, aws: str, tmp_path: Path) -> None:
+    """Two consumer processes on one queue, the same FINISHED message twice (as a redelivery or a
+    duplicate would bring it): both are handled, and each image has exactly one AMI per region."""
+    exchange = f"fedimg-twice-{uuid.uuid4().hex[:8]}"
+    done = ["org.fedoraproject.prod.fedimg.compose.complete"]
+    with (
+        collect_messages(amqp_url, done, exchange=exchange) as inbox,
+        consumers(amqp_url, aws, tmp_path, exchange, count=2),
+    ):
+        body = compose_message(SAMPLE_COMPOSE_ID, compose)
+        _publish(amqp_url, exchange, body)
+        _publish(amqp_url, exchange, body)
+        summaries = inbox.wait(2, timeout=120)
+    assert all({i["outcome"] for i in m.body["images"]} == {"published"} for m in summaries)
+    for region in REGIONS:
+        images = ec2(aws, region).describe_images(Owners=["self"])["Images"]
+        assert sorted(i["Name"].rsplit(".", 1)[1][:7] for i in images) == ["aarch64", "x86_64-"]
+
+
+def _wait_for_queue(
+    url: str, queue: str, proc: subprocess.Popen[bytes], tmp: Path, consumers: int = 1
+) -> None:
+    """Until the queue has ``consumers`` consumers (a consumer declares its queue when ready)."""
     end = time.monotonic() + 60
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise AssertionError((tmp / "consumer.log").read_text())
+            raise AssertionError(f"consumer exited with {proc.returncode}; see {tmp}")
         conn = pika.BlockingConnection(pika.URLParameters(url))
         try:
             ch = conn.channel()
             ch.queue_declare(queue, passive=True)
-            if ch.queue_declare(queue, passive=True).method.consumer_count:
+            if ch.queue_declare(queue, passive=True).method.consumer_count >= consumers:
                 return
         except pika.exceptions.ChannelClosedByBroker:
             pass
@@ -223,7 +261,7 @@ def _wait_for_queue(url: str, queue: str, proc: subprocess.Popen[bytes], tmp: Pa
             if conn.is_open:
                 conn.close()
         time.sleep(0.3)
-    raise AssertionError("consumer did not start: " + (tmp / "consumer.log").read_text())
+    raise AssertionError(f"consumer did not start; see the logs in {tmp}")
 
 
 def _publish(url: str, exchange: str, body: dict[str, Any]) -> None:
@@ -239,3 +277,16 @@ def _publish(url: str, exchange: str, body: dict[str, Any]) -> None:
         )
     finally:
         conn.close()
+
+
+def test_example_messaging_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedora_messaging import config as fm_config
+
+    example = Path(__file__).resolve().parent.parent / "fedimg-messaging.example.toml"
+    monkeypatch.setenv("FEDORA_MESSAGING_CONF", str(example))
+    conf = fm_config.LazyConfig()
+    conf.load_config()
+    assert conf["callback"] == "fedimg.consumer:Consumer"
+    assert conf["queues"]["fedimg"]["arguments"] == {"x-single-active-consumer": True}
+    assert conf["qos"]["prefetch_count"] == 1
+    assert conf["consumer_config"] == {"fedimg_config": "/etc/fedimg/fedimg.toml"}
