@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from fedimg import config as config_mod
+from fedimg import logsafety
 from fedimg.errors import ConfigError, FedimgError
 from fedimg.events import Event, Sink, fan_out, log_sink
 
@@ -62,12 +63,13 @@ def _fail_cleanly(fn: F) -> F:
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     """fedimg: Fedora composes to tested, public Amazon EC2 images."""
-    level = logging.WARNING if verbose == 0 else logging.INFO
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("fedimg").setLevel(logging.INFO if verbose == 0 else logging.DEBUG)
     if verbose < 2:
         for noisy in ("botocore", "boto3", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    logsafety.install()
     ctx.obj = _Context(config_path)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from fedora_messaging.exceptions import Drop, Nack
 
 from fedimg import config as config_mod
+from fedimg import logsafety
 from fedimg.aws.clients import Clients
 from fedimg.config import Settings
 from fedimg.errors import ConfigError, FedimgError, InputError
@@ -117,6 +118,7 @@ class Consumer:
         *,
         requeue_delay: Callable[[int], float] | None = None,
     ) -> None:
+        logsafety.install()
         if settings is None:
             from fedora_messaging.config import conf
 

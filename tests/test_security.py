@@ -1,0 +1,194 @@
+"""Security: no shell, no credentials in logs or messages, no public AMI before its test passed,
+and an IAM policy that lists exactly the AWS actions fedimg uses."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import lzma
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import paramiko
+import pytest
+
+from fedimg.aws.boottest import Ec2BootTester, SshTarget
+from fedimg.aws.clients import Clients
+from fedimg.aws.gc import gc_command
+from fedimg.boot.qemu import Guest, running_guest
+from fedimg.boot.sample import SAMPLE_CHECKS, sample_image
+from fedimg.boot.ssh import throwaway_key
+from fedimg.config import Check, Settings
+from fedimg.demo import region_table
+from fedimg.errors import ChecksumMismatch
+from fedimg.identity import ImageIdentity
+from fedimg.pipeline import Pipeline
+from fedimg.samplecompose import build_sample_compose, serve_directory
+from fedimg.source import BLOCK_SIZE, sha256_file
+from fedimg.synthetic import write_sparse_image
+from fedimg.upload import upload_image
+from tests.helpers import ec2, record
+from tests.services import collect_messages, fedora_messaging_config
+
+ROOT = Path(__file__).resolve().parent.parent
+REGIONS = ("us-east-1", "eu-west-1")
+ACCESS_KEY = "AKIAFEDIMGTEST123456"
+SECRET_KEY = "fedimg/Test+Secret/" + "k3y" * 8
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    root = tmp_path_factory.mktemp("sec")
+    raw = root / "disk.raw"
+    write_sparse_image(raw, 12 * BLOCK_SIZE, 0.5)
+    xz = root / "disk.raw.xz"
+    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
+    build_sample_compose(root / "tree", xz, arches=("x86_64", "aarch64"))
+    with serve_directory(root / "tree") as base:
+        yield f"{base}/Fedora-Cloud-99-20261127.0/compose", xz
+
+
+def test_no_shell_anywhere() -> None:
+    """No subprocess with shell=True and no os.system/os.popen in any Python file of the repo."""
+    offenders = []
+    for path in [*ROOT.glob("src/**/*.py"), *ROOT.glob("tests/**/*.py"), *ROOT.glob("bench/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            shell = [k for k in node.keywords if k.arg == "shell"]
+            if shell and not (
+                isinstance(shell[0].value, ast.Constant) and shell[0].value.value is False
+            ):
+                offenders.append(f"{path}:{node.lineno} shell=")
+            f = node.func
+            if (
+                isinstance(f, ast.Attribute)
+                and isinstance(f.value, ast.Name)
+                and (f.value.id, f.attr) in (("os", "system"), ("os", "popen"))
+            ):
+                offenders.append(f"{path}:{node.lineno} os.{f.attr}")
+    assert offenders == []
+
+
+def test_a_full_run_never_shows_the_credentials(
+    compose: tuple[str, Path], aws: str, amqp_url: str, tmp_path: Path
+) -> None:
+    """`fedimg -vv compose` (botocore debug logging on) publishing to a real broker, with unique
+    credentials: they appear in no log line and no message."""
+    location, _ = compose
+    exchange = f"fedimg-sec-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "fedimg.toml"
+    cfg.write_text(
+        f'[aws]\nendpoint_url = "{aws}"\nregions = {json.dumps(list(REGIONS))}\nmax_attempts = 2\n'
+        "[test]\nenabled = false\n[publish]\ndeprecate_after_days = 0\n"
+    )
+    conf = fedora_messaging_config(
+        amqp_url,
+        tmp_path,
+        f"{exchange}-q",
+        ["none"],
+        exchange=exchange,
+        topic_prefix="org.fedoraproject.prod",
+    )
+    env = os.environ | {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "FEDIMG_CONFIG": str(cfg),
+        "FEDORA_MESSAGING_CONF": str(conf),
+    }
+    with collect_messages(amqp_url, ["#"], exchange=exchange) as inbox:
+        r = subprocess.run(
+            [sys.executable, "-m", "fedimg.cli", "-vv", "compose", location, "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        # per image: upload started+completed, a copy, publish, uploader's; then the summary
+        messages = inbox.wait(2 * 5 + 1, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    logs = r.stdout + r.stderr
+    assert "Authorization" in logs and "Credential=****" in logs  # botocore debug was on
+    bodies = json.dumps([m.body for m in messages])
+    for secret in (ACCESS_KEY, SECRET_KEY):
+        assert secret not in logs
+        assert secret not in bodies
+
+
+@pytest.fixture(scope="module")
+def guest(build_dir: Path) -> Iterator[Guest]:
+    with running_guest(sample_image(build_dir), "bios", "root") as g:
+        yield g
+
+
+def iam_actions() -> set[str]:
+    policy = json.loads((ROOT / "iam-policy.json").read_text())
+    return {a for s in policy["Statement"] for a in s["Action"]}
+
+
+def test_iam_policy_lists_exactly_the_actions_of_a_full_run(
+    compose: tuple[str, Path], guest: Guest, settings: Settings, aws: str
+) -> None:
+    """A run through every path: a failing boot test (console output), a passing run (upload
+    reused, copies, publish), a bad upload (snapshot deleted), gc removing an orphan, and the
+    CLI's result table. Also: no AMI was made public before its test had passed."""
+    location, xz = compose
+    s = dataclasses.replace(
+        settings.with_aws(regions=REGIONS),
+        test=dataclasses.replace(settings.test, ssh_user="root", checks=SAMPLE_CHECKS),
+    )
+    session = boto3.session.Session()
+    rec = record(session)
+    clients = Clients(s.aws, session=session)
+
+    def to_guest(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
+        return SshTarget(guest.host, guest.port, guest.pkey)
+
+    failing = dataclasses.replace(
+        s, test=dataclasses.replace(s.test, checks=(Check("no", "false"),))
+    )
+    first = Pipeline(failing, clients, tester=Ec2BootTester(failing, clients, to_guest))
+    assert {i.status for i in first.run_compose(location).images} == {"test-failed"}
+    assert rec.count("ModifyImageAttribute") == 0  # never public before a passing test
+
+    second = Pipeline(s, clients, tester=Ec2BootTester(s, clients, to_guest))
+    outcome = second.run_compose(location)
+    assert outcome.ok
+    for image in outcome.images:
+        calls = [(op, p.get("ImageId")) for _, op, p in rec.calls]
+        tested = max(i for i, c in enumerate(calls) if c == ("RunInstances", image.base_ami))
+        public = calls.index(("ModifyImageAttribute", image.base_ami))
+        assert tested < public
+
+    bad = ImageIdentity("other.x86_64", "x86_64", "0" * 64)
+    with pytest.raises(ChecksumMismatch):
+        upload_image(str(xz), bad, s, clients)
+    ec2(aws).import_key_pair(
+        KeyName="orphan",
+        PublicKeyMaterial=throwaway_key()[1].encode(),
+        TagSpecifications=[
+            {
+                "ResourceType": "key-pair",
+                "Tags": [
+                    {"Key": "fedimg:managed", "Value": "true"},
+                    {"Key": "fedimg:role", "Value": "test"},
+                ],
+            }
+        ],
+    )
+    import datetime as dt
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    assert gc_command(s, clients, act=True, as_json=True, now=later) == 0
+    region_table(outcome, clients)
+
+    observed = {f"{service}:{op}" for service, op, _ in rec.calls}
+    assert observed == iam_actions()
+    assert sha256_file(xz)  # the input was read, never written
