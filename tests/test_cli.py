@@ -1,0 +1,108 @@
+"""The command line as users and other programs call it: real processes, JSON contracts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedimg.boot.sample import corrupt_variants, sample_image_xz
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "composes"
+DRY_RUN_KEYS = {"path", "arch", "subvariant", "type", "sha256", "size"}
+TEST_IMAGE_KEYS = {"image", "firmware", "outcome", "checks", "seconds"}
+
+
+def fedimg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedimg.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | (env or {}),
+    )
+
+
+@pytest.mark.parametrize("compose_id", ["Fedora-41-20241024.0", "Fedora-42-20250409.0"])
+def test_compose_dry_run_json_selects_the_ec2_images(compose_id: str) -> None:
+    r = fedimg("compose", str(FIXTURES / compose_id / "compose"), "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    images = json.loads(r.stdout)
+    assert isinstance(images, list) and len(images) == 2
+    assert all(set(i) == DRY_RUN_KEYS for i in images)
+    assert sorted(i["arch"] for i in images) == ["aarch64", "x86_64"]
+    for i in images:
+        assert i["path"] == f"Cloud/{i['arch']}/images/" + i["path"].rsplit("/", 1)[1]
+        assert "Fedora-Cloud-Base-AmazonEC2-" in i["path"] and i["path"].endswith(".raw.xz")
+        assert (i["subvariant"], i["type"]) == ("Cloud_Base", "raw-xz")
+        assert len(i["sha256"]) == 64 and i["size"] > 100_000_000
+
+
+def test_compose_dry_run_of_a_missing_compose_is_one_line() -> None:
+    r = fedimg("compose", "/nonexistent/compose", "--dry-run", "--json")
+    assert r.returncode == 1
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("fedimg: error:")
+
+
+def test_test_image_json(build_dir: Path) -> None:
+    r = fedimg(
+        "test-image",
+        str(sample_image_xz(build_dir)),
+        "--firmware",
+        "bios",
+        "--sample-checks",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out) >= TEST_IMAGE_KEYS
+    assert out["firmware"] == "bios" and out["outcome"] == "PASSED"
+    assert {"name", "outcome", "output"} <= set(out["checks"][0])
+
+
+def test_test_image_of_a_broken_image_fails(build_dir: Path) -> None:
+    broken = corrupt_variants(build_dir)["broken-boot-sector"]
+    r = fedimg("test-image", str(broken), "--firmware", "bios", "--sample-checks", "--json")
+    assert r.returncode == 1
+    out = json.loads(r.stdout)
+    assert out["outcome"] == "FAILED" and "bootable" in out["reason"]
+
+
+def test_results_reads_back_what_was_reported(tmp_path: Path) -> None:
+    from fedimg.config import ResultsDBSettings
+    from fedimg.report import TESTCASE_AMI_BOOT, ComposeRef, ImageRef, ResultsReporter, TestReport
+    from fedimg.standins.resultsdb import resultsdb_standin
+
+    compose_id = "Fedora-Cloud-41-20241024.0"
+    image = ImageRef(
+        "Cloud/x86_64/images/Fedora-Cloud-Base-AmazonEC2-41-1.4.x86_64.raw.xz",
+        "x86_64",
+        "Cloud_Base",
+        "raw-xz",
+        "raw.xz",
+    )
+    with resultsdb_standin() as url:
+        reporter = ResultsReporter(ResultsDBSettings(url=url))
+        report = TestReport(
+            "PASSED",
+            TESTCASE_AMI_BOOT,
+            image,
+            ComposeRef.from_id(compose_id),
+            "ami-0123",
+            "us-east-1",
+        )
+        assert reporter.report(report)
+        cfg = tmp_path / "fedimg.toml"
+        cfg.write_text(f'[resultsdb]\nurl = "{url}"\n')
+        r = fedimg("--config", str(cfg), "results", compose_id, "--json")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert (row["testcase"], row["outcome"], row["ami"]) == (
+        TESTCASE_AMI_BOOT,
+        "PASSED",
+        "ami-0123",
+    )
