@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 from fedimg.errors import AwsError, TransientError
 
-# Start polling quickly (moto and small images finish at once), back off to 15 s for long copies.
-FIRST_INTERVAL = 0.25
+# Poll quickly at first (small snapshots and AMIs are ready at once), back off to 15 s for long
+# copies.
+FIRST_INTERVAL = 0.05
 MAX_INTERVAL = 15.0
 GOOD_READS = 2
 
