@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import copy
+import lzma
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
+
+from fedimg.samplecompose import build_sample_compose, serve_directory
+from fedimg.source import BLOCK_SIZE
+from fedimg.synthetic import write_sparse_image
 
 
 @dataclass
@@ -39,3 +47,24 @@ def ec2(url: str, region: str = "us-east-1") -> Any:
 
 def ebs(url: str, region: str = "us-east-1") -> Any:
     return boto3.client("ebs", region_name=region, endpoint_url=url)
+
+
+def synthetic_xz(folder: Path, blocks: int, nonzero_fraction: float) -> Path:
+    """A sparse raw image of ``blocks`` blocks (not bootable), xz-compressed; returns the .xz."""
+    raw = folder / "disk.raw"
+    write_sparse_image(raw, blocks * BLOCK_SIZE, nonzero_fraction)
+    xz = folder / "disk.raw.xz"
+    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
+    return xz
+
+
+@contextmanager
+def served_compose(
+    root: Path, blocks: int, nonzero_fraction: float = 0.25
+) -> Iterator[tuple[str, Path]]:
+    """The sample compose with x86_64 and aarch64 EC2 images (a synthetic image, not bootable),
+    served over HTTP on loopback; yields (its location URL, the image's .xz)."""
+    xz = synthetic_xz(root, blocks, nonzero_fraction)
+    location = build_sample_compose(root / "tree", xz, arches=("x86_64", "aarch64"))
+    with serve_directory(root / "tree") as base:
+        yield f"{base}/{location.relative_to(root / 'tree').as_posix()}", xz

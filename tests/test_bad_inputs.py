@@ -30,8 +30,7 @@ from fedimg.consumer import Consumer
 from fedimg.pipeline import Pipeline
 from fedimg.samplecompose import SAMPLE_COMPOSE_ID, build_sample_compose, compose_message
 from fedimg.source import BLOCK_SIZE
-from fedimg.synthetic import write_sparse_image
-from tests.helpers import ec2
+from tests.helpers import ec2, synthetic_xz
 
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"
 REGIONS = ("us-east-1", "us-west-2")
@@ -71,12 +70,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str
 
 @pytest.fixture(scope="module")
 def good_xz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("img")
-    raw = d / "disk.raw"
-    write_sparse_image(raw, 16 * BLOCK_SIZE, 0.5)
-    xz = d / "disk.raw.xz"
-    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
-    return xz
+    return synthetic_xz(tmp_path_factory.mktemp("img"), 16, 0.5)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import lzma
 import os
 import subprocess
 import sys
@@ -28,14 +27,10 @@ from fedimg.errors import ConfigError, InputError
 from fedimg.pipeline import Pipeline
 from fedimg.samplecompose import (
     SAMPLE_COMPOSE_ID,
-    build_sample_compose,
     compose_message,
-    serve_directory,
 )
-from fedimg.source import BLOCK_SIZE
 from fedimg.standins.moto import free_port
-from fedimg.synthetic import write_sparse_image
-from tests.helpers import ec2
+from tests.helpers import ec2, served_compose
 from tests.services import collect_messages, fedora_messaging_config
 
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"
@@ -44,14 +39,8 @@ REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("compose")
-    raw = root / "disk.raw"
-    write_sparse_image(raw, 12 * BLOCK_SIZE, 0.25)
-    xz = root / "disk.raw.xz"
-    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
-    location = build_sample_compose(root / "tree", xz, arches=("x86_64", "aarch64"))
-    with serve_directory(root / "tree") as base:
-        yield f"{base}/{location.relative_to(root / 'tree').as_posix()}"
+    with served_compose(tmp_path_factory.mktemp("compose"), 12, 0.25) as (url, _):
+        yield url
 
 
 def untested(settings: Settings) -> Settings:

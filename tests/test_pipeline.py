@@ -7,7 +7,6 @@ itself runs for real against a QEMU guest in tests/aws/test_boottest.py.
 from __future__ import annotations
 
 import dataclasses
-import lzma
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,8 @@ from fedimg.aws.clients import Clients
 from fedimg.config import Settings
 from fedimg.events import Event
 from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, Pipeline, TestSubject, TestVerdict
-from fedimg.samplecompose import build_sample_compose, serve_directory
-from fedimg.source import BLOCK_SIZE
-from fedimg.synthetic import write_sparse_image
-from tests.helpers import Recorder, ec2, record
+from fedimg.samplecompose import build_sample_compose
+from tests.helpers import Recorder, ec2, record, served_compose, synthetic_xz
 
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 
@@ -30,14 +27,8 @@ REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 @pytest.fixture(scope="module")
 def compose_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A compose with x86_64 and aarch64 EC2 images (synthetic, not bootable), over HTTP."""
-    root = tmp_path_factory.mktemp("compose")
-    raw = root / "disk.raw"
-    write_sparse_image(raw, 16 * BLOCK_SIZE, 0.25)
-    xz = root / "disk.raw.xz"
-    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
-    location = build_sample_compose(root / "tree", xz, arches=("x86_64", "aarch64"))
-    with serve_directory(root / "tree") as base:
-        yield f"{base}/{location.relative_to(root / 'tree').as_posix()}"
+    with served_compose(tmp_path_factory.mktemp("compose"), 16, 0.25) as (url, _):
+        yield url
 
 
 def passing(subject: TestSubject) -> TestVerdict:
@@ -160,10 +151,7 @@ def test_untestable_image_is_not_published_and_is_retryable(
 def test_one_bad_image_does_not_stop_the_other(
     settings: Settings, tmp_path: Path, aws: str
 ) -> None:
-    raw = tmp_path / "disk.raw"
-    write_sparse_image(raw, 8 * BLOCK_SIZE, 0.5)
-    xz = tmp_path / "disk.raw.xz"
-    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
+    xz = synthetic_xz(tmp_path, 8, 0.5)
     location = build_sample_compose(tmp_path / "tree", xz, arches=("x86_64", "aarch64"))
     aarch64 = next(location.glob("Cloud/aarch64/images/*AmazonEC2*.raw.xz"))
     aarch64.unlink()

@@ -8,7 +8,6 @@ also makes a volume, which EBS direct on AWS does not: volumes are not counted.)
 from __future__ import annotations
 
 import json
-import lzma
 import os
 import subprocess
 import sys
@@ -23,11 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fedimg.boot.qemu import Guest, running_guest
 from fedimg.boot.sample import sample_image
-from fedimg.samplecompose import build_sample_compose, serve_directory
-from fedimg.source import BLOCK_SIZE
-from fedimg.synthetic import write_sparse_image
 from tests.crashdriver import POINTS
-from tests.helpers import ec2
+from tests.helpers import ec2, served_compose
 
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,14 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("compose")
-    raw = root / "disk.raw"
-    write_sparse_image(raw, 24 * BLOCK_SIZE, 0.5)
-    xz = root / "disk.raw.xz"
-    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
-    location = build_sample_compose(root / "tree", xz, arches=("x86_64", "aarch64"))
-    with serve_directory(root / "tree") as base:
-        yield f"{base}/{location.relative_to(root / 'tree').as_posix()}"
+    with served_compose(tmp_path_factory.mktemp("compose"), 24, 0.5) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import lzma
 import os
 import subprocess
 import sys
@@ -30,11 +29,9 @@ from fedimg.demo import region_table
 from fedimg.errors import ChecksumMismatch
 from fedimg.identity import ImageIdentity
 from fedimg.pipeline import Pipeline
-from fedimg.samplecompose import build_sample_compose, serve_directory
-from fedimg.source import BLOCK_SIZE, sha256_file
-from fedimg.synthetic import write_sparse_image
+from fedimg.source import sha256_file
 from fedimg.upload import upload_image
-from tests.helpers import ec2, record
+from tests.helpers import ec2, record, served_compose
 from tests.services import collect_messages, fedora_messaging_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,14 +42,8 @@ SECRET_KEY = "fedimg/Test+Secret/" + "k3y" * 8
 
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    root = tmp_path_factory.mktemp("sec")
-    raw = root / "disk.raw"
-    write_sparse_image(raw, 12 * BLOCK_SIZE, 0.5)
-    xz = root / "disk.raw.xz"
-    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
-    build_sample_compose(root / "tree", xz, arches=("x86_64", "aarch64"))
-    with serve_directory(root / "tree") as base:
-        yield f"{base}/Fedora-Cloud-99-20261127.0/compose", xz
+    with served_compose(tmp_path_factory.mktemp("sec"), 12, 0.5) as served:
+        yield served
 
 
 def test_no_shell_anywhere() -> None:

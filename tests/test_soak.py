@@ -10,7 +10,6 @@ As the consumer would, a run whose outcome is retryable is run again (at most
 from __future__ import annotations
 
 import dataclasses
-import lzma
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +24,9 @@ from fedimg.boot.qemu import Guest, running_guest
 from fedimg.boot.sample import SAMPLE_CHECKS, sample_image
 from fedimg.config import Settings
 from fedimg.pipeline import Pipeline
-from fedimg.samplecompose import build_sample_compose, serve_directory
-from fedimg.source import BLOCK_SIZE
 from fedimg.standins.moto import reset
-from fedimg.synthetic import write_sparse_image
 from tests.faultproxy import fault_proxy
-from tests.helpers import ec2
+from tests.helpers import ec2, served_compose
 
 RUNS = 20
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
@@ -39,14 +35,8 @@ MAX_ATTEMPTS = 6
 
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("soak")
-    raw = root / "disk.raw"
-    write_sparse_image(raw, 24 * BLOCK_SIZE, 0.5)
-    xz = root / "disk.raw.xz"
-    xz.write_bytes(lzma.compress(raw.read_bytes(), preset=0))
-    build_sample_compose(root / "tree", xz, arches=("x86_64", "aarch64"))
-    with serve_directory(root / "tree") as base:
-        yield f"{base}/Fedora-Cloud-99-20261127.0/compose"
+    with served_compose(tmp_path_factory.mktemp("soak"), 24, 0.5) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -192,3 +192,48 @@ def test_url_404_is_an_input_error(http_dir: str) -> None:
         pytest.raises(InputError, match="404"),
     ):
         _ = src.raw_size
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves single byte ranges, as Fedora's mirrors do (http.server alone ignores Range)."""
+
+    requested_ranges: list[str] = []
+
+    def do_GET(self) -> None:
+        spec = self.headers.get("Range", "")
+        if not spec.startswith("bytes="):
+            return super().do_GET()
+        self.requested_ranges.append(spec)
+        path = self.translate_path(self.path)
+        data = Path(path).read_bytes()
+        start, end = (int(x) for x in spec[len("bytes=") :].split("-"))
+        part = data[start : end + 1]
+        self.send_response(206)
+        self.send_header("Content-Length", str(len(part)))
+        self.send_header("Content-Range", f"bytes {start}-{start + len(part) - 1}/{len(data)}")
+        self.end_headers()
+        self.wfile.write(part)
+        return None
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_url_xz_size_comes_from_the_index_by_range_requests(
+    raw: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    path, nonzero = raw
+    xz = path.with_name("img.x86_64.raw.xz")
+    subprocess.run(["xz", "-k", "-T2", "--block-size=1MiB", str(path)], check=True, timeout=60)
+    handler = partial(_RangeHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{xz.name}"
+        with ImageSource(url, sha256=sha256_file(xz)) as src:
+            assert src.raw_size == SIZE
+            assert _RangeHandler.requested_ranges  # read from the index, no counting pass
+            assert sorted(b.index for b in src.blocks()) == nonzero
+    finally:
+        server.shutdown()
+        server.server_close()

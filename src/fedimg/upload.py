@@ -10,7 +10,7 @@ from fedimg.aws.clients import Clients
 from fedimg.aws.image import register_image_if_not_exists
 from fedimg.aws.snapshot import upload_snapshot_if_not_exists
 from fedimg.config import Settings
-from fedimg.events import Event, Sink, null_sink
+from fedimg.events import Sink, null_sink
 from fedimg.identity import ImageIdentity
 from fedimg.source import ImageSource
 
@@ -70,5 +70,4 @@ def upload_image(
         seconds=time.monotonic() - started,
         reused=snap.reused and image.reused,
     )
-    sink(Event("upload", "registered", identity.image_name, image.region, outcome.to_json()))
     return outcome
