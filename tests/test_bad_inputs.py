@@ -315,7 +315,8 @@ def test_bad_compose(
         assert words in caplog.text
     else:
         assert consumer(m) is None  # acknowledged, not requeued
-        (image,) = consumer.outcomes[before:][0].images
+        assert len(consumer.outcomes) == before + 1
+        (image,) = consumer.outcomes[-1].images
         assert image.status == "failed" and not image.retryable
         assert words in image.error
         assert "\n" not in image.error

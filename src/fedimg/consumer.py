@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,7 @@ ACTIONABLE = ("FINISHED", "FINISHED_INCOMPLETE")
 KNOWN_STATUSES = ("STARTED", "FINISHED", "FINISHED_INCOMPLETE", "DOOMED", "TERMINATED")
 # pungi's messages are well under 2 KiB; anything this large is not one.
 MAX_BODY_BYTES = 64 * 1024
-TOPIC_SUFFIX = "pungi.compose.status.change"
+OUTCOMES_KEPT = 32
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ class Consumer:
         self._requeue_delay = requeue_delay or _backoff
         self._deliveries: dict[str, int] = {}
         self._lock = threading.Lock()
-        self.outcomes: list[ComposeOutcome] = []
+        # The latest outcomes, for the demo and tests; bounded for a consumer that runs for years.
+        self.outcomes: deque[ComposeOutcome] = deque(maxlen=OUTCOMES_KEPT)
 
     def __call__(self, message: Any) -> None:
         topic = getattr(message, "topic", "")
