@@ -74,7 +74,7 @@ def run(url: str, compose: str, regions: tuple[str, ...]) -> tuple[float, Counte
         calls[kw["context"]["client_region"]] += 1
 
     session.events.register("before-call", count)
-    pipeline = Pipeline(s, Clients(s.aws, session=session, pool_size=52))
+    pipeline = Pipeline(s, Clients(s.aws, session=session))
     t = time.monotonic()
     outcome = pipeline.run_compose(compose)
     seconds = time.monotonic() - t

@@ -64,7 +64,7 @@ def main(cfg: str, location: str, point: str, port: str, key_file: str) -> int:
     def to_guest(instance: dict[str, Any], _: paramiko.PKey) -> SshTarget:
         return SshTarget("127.0.0.1", int(port), pkey)
 
-    clients = Clients(settings.aws, session=session, pool_size=16)
+    clients = Clients(settings.aws, session=session)
     tester = Ec2BootTester(settings, clients, resolve=to_guest)
     outcome = Pipeline(settings, clients, sink, tester).run_compose(location)
     return 0 if outcome.ok else 1

@@ -109,7 +109,7 @@ def test_twenty_runs_under_ten_percent_faults(
         reset(aws)
         with fault_proxy(aws, rate=0.1, seed=seed, spare_last_attempt=False) as proxy:
             s = soak_settings(settings, proxy.url)
-            clients = Clients(s.aws, pool_size=16)
+            clients = Clients(s.aws)
             pipeline = Pipeline(s, clients, tester=Ec2BootTester(s, clients, resolve=to_guest))
             outcome = pipeline.run_compose(compose)
             for _ in range(s.messaging.max_redeliveries):

@@ -107,7 +107,7 @@ def upload(
         sha256=(sha256 or "").lower(),
         url=image,
     )
-    clients = Clients(settings.aws, pool_size=settings.aws.upload_workers + 4)
+    clients = Clients(settings.aws)
     with _progress(as_json) as progress:
         outcome = upload_image(
             image,

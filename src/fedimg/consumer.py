@@ -91,9 +91,7 @@ def build_pipeline(settings: Settings, extra_sinks: tuple[Sink, ...] = ()) -> Pi
         from fedimg.announce import bus_sink
 
         sinks.append(bus_sink(environment=settings.messaging.environment))
-    clients = Clients(
-        settings.aws, pool_size=max(settings.aws.upload_workers, settings.aws.copy_workers) + 4
-    )
+    clients = Clients(settings.aws)
     return Pipeline(
         settings,
         clients,

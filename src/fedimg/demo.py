@@ -96,7 +96,7 @@ def run_demo(
         _local_boot_tests(console, raw, xz, compose_url, settings, reporter)
 
         console.rule("the compose pipeline")
-        clients = Clients(settings.aws, pool_size=settings.aws.upload_workers + 4)
+        clients = Clients(settings.aws)
         with running_guest(raw, "bios", settings.test.ssh_user) as guest:
             console.print(f"EC2 boot test: SSH goes to a QEMU guest at {guest.host}:{guest.port}")
 

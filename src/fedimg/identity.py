@@ -77,6 +77,11 @@ def arch_from_name(name: str) -> str:
     raise InputError(f"{name}: cannot tell the architecture from the file name; pass --arch")
 
 
+def tags_of(resource: Any) -> dict[str, str]:
+    """The tags of a described AWS resource (snapshot, image, instance …) as a dict."""
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", []) if "Key" in t}
+
+
 def tag_list(tags: dict[str, str]) -> list[Any]:
     """AWS's Key/Value list form (typed loosely: each service has its own TagTypeDef)."""
     return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]

@@ -48,10 +48,14 @@ class Clients:
     """Lazily created, thread-safe cache of clients for one set of AWS settings."""
 
     settings: AwsSettings
-    pool_size: int = 10
     session: boto3.session.Session = field(default_factory=boto3.session.Session)
     _cache: dict[tuple[str, str], Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def pool_size(self) -> int:
+        """Connections per client: one per upload or copy worker, and a few for the rest."""
+        return max(self.settings.upload_workers, self.settings.copy_workers) + 4
 
     def _client(self, service: str, region: str) -> Any:
         key = (service, region)

@@ -39,7 +39,7 @@ from fedimg.aws.clients import Clients, error_code, translate
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings
 from fedimg.errors import FedimgError
-from fedimg.identity import TAG_KEY, TAG_MANAGED, TAG_ROLE, TAG_STATE, TAG_TEST_RUN
+from fedimg.identity import TAG_KEY, TAG_MANAGED, TAG_ROLE, TAG_STATE, TAG_TEST_RUN, tags_of
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -128,10 +128,6 @@ def _each_region(regions: Sequence[str], fn: Callable[[str], T]) -> list[T]:
         return list(pool.map(fn, regions))
 
 
-def _tags(resource: Any) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in resource.get("Tags", []) if "Key" in t}
-
-
 def _iso(ts: datetime | None) -> str:
     return ts.astimezone(UTC).isoformat(timespec="seconds") if ts else ""
 
@@ -192,7 +188,7 @@ class _RegionScan:
     def _instances(self, live: Iterable[Any]) -> list[Orphan]:
         out = []
         for i in live:
-            tags = _tags(i)
+            tags = tags_of(i)
             if tags.get(TAG_MANAGED) != "true" or tags.get(TAG_ROLE) != ROLE_TEST:
                 continue
             state = i.get("State", {}).get("Name", "")
@@ -207,11 +203,11 @@ class _RegionScan:
 
     def _starting_runs(self, keeping: Iterable[Any], key_pairs: Iterable[Any]) -> set[str]:
         """Test runs still under way: a young key pair, or an instance gc keeps."""
-        runs = {_tags(i).get(TAG_TEST_RUN, "") for i in keeping}
+        runs = {tags_of(i).get(TAG_TEST_RUN, "") for i in keeping}
         for k in key_pairs:
             created = k.get("CreateTime")
             if created is None or self.now - created <= self.grace:
-                runs.add(_tags(k).get(TAG_TEST_RUN, ""))
+                runs.add(tags_of(k).get(TAG_TEST_RUN, ""))
         runs.discard("")
         return runs
 
@@ -223,7 +219,7 @@ class _RegionScan:
         starting = self._starting_runs(keeping, key_pairs)
         out = []
         for g in groups:
-            if g["GroupId"] in in_use or _tags(g).get(TAG_TEST_RUN) in starting:
+            if g["GroupId"] in in_use or tags_of(g).get(TAG_TEST_RUN) in starting:
                 continue
             reason = "test security group no live test uses"
             out.append(self._orphan(SECURITY_GROUP, g["GroupId"], reason, None))
@@ -257,10 +253,10 @@ class _RegionScan:
             for m in img.get("BlockDeviceMappings", [])
             if m.get("Ebs", {}).get("SnapshotId")
         }
-        keys_with_ami = {_tags(img).get(TAG_KEY) for img in images} - {None}
+        keys_with_ami = {tags_of(img).get(TAG_KEY) for img in images} - {None}
         out = []
         for s in snapshots:
-            sid, started, tags = s["SnapshotId"], s.get("StartTime"), _tags(s)
+            sid, started, tags = s["SnapshotId"], s.get("StartTime"), tags_of(s)
             if sid in mapped or started is None:
                 continue
             age = self.now - started

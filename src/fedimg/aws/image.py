@@ -66,11 +66,15 @@ def find_image(ec2: EC2Client, identity: ImageIdentity, name: str) -> str | None
     return None
 
 
+def base_image_tags(settings: Settings, identity: ImageIdentity) -> list[Any]:
+    return tag_list(identity.tags(settings.image.tags) | {TAG_ROLE: "base"})
+
+
 def register_params(
     settings: Settings, identity: ImageIdentity, snapshot_id: str, volume_gib: int, name: str
 ) -> dict[str, Any]:
     img = settings.image
-    tags = tag_list(identity.tags(img.tags) | {TAG_ROLE: "base"})
+    tags = base_image_tags(settings, identity)
     params: dict[str, Any] = {
         "Name": name,
         "Description": f"Fedora image {identity.image_name}",
@@ -131,8 +135,7 @@ def register_image_if_not_exists(
             ami = ec2.register_image(**params)["ImageId"]
             log.info("%s: registered %s", identity.image_name, ami)
         # TagSpecifications are atomic on AWS; re-applying makes stand-ins and crashes converge.
-        tags = tag_list(identity.tags(settings.image.tags) | {TAG_ROLE: "base"})
-        ec2.create_tags(Resources=[ami], Tags=tags)
+        ec2.create_tags(Resources=[ami], Tags=base_image_tags(settings, identity))
         wait_image_available(ec2, ami, what, settings.aws.wait_seconds)
     except (ClientError, BotoCoreError) as e:
         raise translate(e, what) from e

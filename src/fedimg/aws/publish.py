@@ -14,7 +14,7 @@ from botocore.parsers import ResponseParserError
 from fedimg.aws.clients import Clients, error_code, translate
 from fedimg.config import Settings
 from fedimg.errors import AwsError
-from fedimg.identity import TAG_COMPOSE, ImageIdentity
+from fedimg.identity import TAG_COMPOSE, ImageIdentity, tags_of
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -160,5 +160,4 @@ def _compose_of(ec2: EC2Client, ami: str) -> str:
         images = ec2.describe_images(ImageIds=[ami])["Images"]
     except ClientError:
         return ""
-    tags = {t["Key"]: t["Value"] for t in images[0].get("Tags", [])} if images else {}
-    return tags.get(TAG_COMPOSE, "")
+    return tags_of(images[0]).get(TAG_COMPOSE, "") if images else ""

@@ -25,7 +25,7 @@ from fedimg.aws.clients import Clients, error_code, translate
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings
 from fedimg.events import Event, Sink, null_sink
-from fedimg.identity import TAG_KEY, TAG_STATE, ImageIdentity, tag_list
+from fedimg.identity import TAG_KEY, TAG_STATE, ImageIdentity, tag_list, tags_of
 from fedimg.source import BLOCK_SIZE, Block, ImageSource
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def earlier_snapshots(ec2: EC2Client, identity: ImageIdentity) -> list[dict[str,
 
 
 def _tag(snapshot: dict[str, Any], key: str) -> str:
-    return next((t["Value"] for t in snapshot.get("Tags", []) if t["Key"] == key), "")
+    return tags_of(snapshot).get(key, "")
 
 
 def upload_snapshot_if_not_exists(
