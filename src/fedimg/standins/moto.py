@@ -1,6 +1,7 @@
 """A moto server on loopback: the local AWS stand-in, spoken to over real HTTP.
 
 fedimg talks to it through exactly the code path it uses for AWS, with ``aws.endpoint_url`` set.
+Both servers run with the strict rules of ``fedimg.standins.aws`` installed.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def moto_in_process() -> Iterator[str]:
     use_dummy_credentials()
     from moto.server import ThreadedMotoServer
 
+    from fedimg.standins.aws import install
+
+    install()
+
     # One access-log line per request, and a traceback for every call moto does not implement,
     # would drown fedimg's own output (fedimg reports those failures itself).
     logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
@@ -61,7 +66,7 @@ def moto_subprocess(deadline: float = 30.0) -> Iterator[str]:
     use_dummy_credentials()
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "fedimg.standins.aws", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=os.environ.copy(),
