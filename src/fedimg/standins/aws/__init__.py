@@ -6,11 +6,8 @@ checked, RegisterImage attributes dropped …). A test proves only what its stan
 each answering with AWS's own error code. Every rule lives in one small function that names the
 documentation it follows, and has a test of its own under ``tests/standins/``.
 
-Options come from the environment, so a moto server in another process behaves the same:
-
-``FEDIMG_STANDIN_VISIBILITY_DELAY``
-    seconds for which a new snapshot, AMI or copy is invisible to Describe* (eventual
-    consistency); 0 (the default) turns it off.
+Options come from the environment (``options.py``), read at each request, so a moto server in
+another process behaves the same and a test can change them while the server runs.
 """
 
 from __future__ import annotations

@@ -1,0 +1,29 @@
+"""The stand-in's knobs, read from the environment at each request.
+
+Reading them per request lets a test in the server's process change them (``monkeypatch.setenv``)
+and a server in another process inherit them from its environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+VISIBILITY_DELAY = "FEDIMG_STANDIN_VISIBILITY_DELAY"
+MINUTE_SECONDS = "FEDIMG_STANDIN_MINUTE_SECONDS"
+
+
+def _float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+def visibility_delay() -> float:
+    """Seconds for which a new snapshot, AMI or copy is invisible to Describe* (0: off)."""
+    return max(0.0, _float(VISIBILITY_DELAY, 0.0))
+
+
+def minute_seconds() -> float:
+    """Real seconds in one of AWS's minutes (e.g. StartSnapshot's Timeout); 60 unless compressed."""
+    return max(0.001, _float(MINUTE_SECONDS, 60.0))
