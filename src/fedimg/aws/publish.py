@@ -12,6 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from fedimg.aws.clients import Clients, error_code, translate
+from fedimg.composeid import is_newer
 from fedimg.config import Settings
 from fedimg.errors import AwsError
 from fedimg.identity import TAG_COMPOSE, ImageIdentity, tags_of
@@ -148,7 +149,7 @@ def _update_latest(
         current = ""
     if current == ami:
         return name
-    if current and identity.compose_id and _compose_of(ec2, current) > identity.compose_id:
+    if current and identity.compose_id and is_newer(_compose_of(ec2, current), identity.compose_id):
         log.info("%s: %s already names a newer compose's AMI %s", ami, name, current)
         return name
     ssm.put_parameter(Name=name, Value=ami, Type="String", DataType="aws:ec2:image", Overwrite=True)
