@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import logging
 import shutil
 import socket
 import threading
@@ -407,3 +408,155 @@ def test_http_other_4xx_is_input_error() -> None:
         discover(f"{base}/other/compose", DEFAULT)
 
     assert not e.value.retryable
+
+
+# Real composes that do not fit productmd's schema: the real F41/F42 metadata plus entries or keys
+# productmd does not know yet.
+
+
+def copy_of(compose_id: str, tmp_path: Path) -> Path:
+    target = tmp_path / compose_id / "compose"
+    shutil.copytree(FIXTURES / compose_id / "compose", target)
+    return target
+
+
+def edit(where: Path, name: str, change: Callable[[dict[str, Any]], None]) -> None:
+    path = where / "metadata" / name
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def ec2_entry(data: dict[str, Any], arch: str = "x86_64") -> dict[str, Any]:
+    entries: list[dict[str, Any]] = data["payload"]["images"]["Cloud"][arch]
+    return next(e for e in entries if "AmazonEC2" in e["path"])
+
+
+DROP = object()
+
+
+def new_image(**changes: Any) -> Callable[[dict[str, Any]], None]:
+    """Adds, next to the x86_64 EC2 image, a copy of it changed by ``changes`` (DROP: removed)."""
+
+    def add(data: dict[str, Any]) -> None:
+        entry = {**ec2_entry(data), "path": "Cloud/x86_64/images/Fedora-Cloud-Base-New.x86_64.img"}
+        entry["checksums"] = {"sha256": "1" * 64}
+        entry.update(changes)
+        data["payload"]["images"]["Cloud"]["x86_64"].append(
+            {k: v for k, v in entry.items() if v is not DROP}
+        )
+
+    return add
+
+
+REJECTED_BY_PRODUCTMD = {
+    "unknown type": new_image(type="raw-zst", format="raw.zst"),
+    "unknown format": new_image(type="raw-xz", format="raw.lz4", subvariant="Cloud_UKI"),
+    "missing optional field": new_image(type="qcow2", format="qcow2", volume_id=DROP),
+    "mistyped field": new_image(type="qcow2", format="qcow2", mtime="yesterday"),
+}
+
+
+@pytest.mark.parametrize("compose_id", [F41, F42])
+@pytest.mark.parametrize("case", list(REJECTED_BY_PRODUCTMD))
+def test_an_entry_productmd_rejects_is_skipped_with_a_warning_naming_it(
+    compose_id: str, case: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    where = copy_of(compose_id, tmp_path)
+    edit(where, "images.json", REJECTED_BY_PRODUCTMD[case])
+
+    _, images = discover(str(where), DEFAULT)
+
+    assert summary(images) == EXPECTED[compose_id]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "skipped image Cloud/x86_64 Cloud/x86_64/images/Fedora-Cloud-Base-New" in warning
+
+
+def test_an_entry_under_an_unknown_arch_key_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    where = copy_of(F42, tmp_path)
+
+    def add(data: dict[str, Any]) -> None:
+        entry = {**ec2_entry(data), "arch": "x86_64_v3", "path": "Cloud/v3/images/x.raw.xz"}
+        data["payload"]["images"]["Cloud"]["x86_64_v3"] = [entry, "not an object"]
+
+    edit(where, "images.json", add)
+
+    _, images = discover(str(where), DEFAULT)
+
+    assert summary(images) == EXPECTED[F42]
+    assert "skipped image Cloud/x86_64_v3 Cloud/v3/images/x.raw.xz" in caplog.text
+    assert "skipped image Cloud/x86_64_v3 None: an entry is str, not an object" in caplog.text
+
+
+def test_fields_productmd_does_not_know_are_accepted_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    where = copy_of(F41, tmp_path)
+    edit(where, "images.json", lambda d: ec2_entry(d).update(uki=True, build_id=1234))
+    edit(where, "composeinfo.json", lambda d: d.update(extra={"x": 1}))
+    edit(where, "composeinfo.json", lambda d: d["payload"].update(builder={"name": "osbuild"}))
+    edit(where, "composeinfo.json", lambda d: d["payload"]["compose"].update(kind="cloud"))
+
+    info, images = discover(str(where), DEFAULT)
+
+    assert summary(images) == EXPECTED[F41]
+    assert images[0].metadata["uki"] is True  # as written, for ResultsDB
+    assert info.compose_id == F41
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"mtime": DROP}, "missing field 'mtime'"),
+        ({"format": "raw.lz4"}, "Image: Field 'format' has invalid value: raw.lz4"),
+        ({"bootable": DROP}, "missing field 'bootable'"),
+    ],
+)
+def test_an_entry_fedimg_would_select_is_still_validated_strictly(
+    change: dict[str, Any], words: str, tmp_path: Path
+) -> None:
+    where = copy_of(F41, tmp_path)
+
+    def spoil(data: dict[str, Any]) -> None:
+        entry = ec2_entry(data)
+        entry.update(change)
+        for key in [k for k, v in change.items() if v is DROP]:
+            del entry[key]
+
+    edit(where, "images.json", spoil)
+
+    with pytest.raises(InputError, match=f"image {EC2_X86}: invalid productmd metadata: {words}"):
+        discover(str(where), DEFAULT)
+
+
+def test_a_second_image_fedimg_would_select_in_its_place_is_an_error(tmp_path: Path) -> None:
+    where = copy_of(F41, tmp_path)
+    edit(where, "images.json", new_image())  # same subvariant, type, arch; another checksum
+
+    with pytest.raises(InputError, match="shares all UNIQUE_IMAGE_ATTRIBUTES"):
+        discover(str(where), DEFAULT)
+
+
+def test_a_variant_productmd_rejects_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    where = copy_of(F42, tmp_path)
+    edit(where, "composeinfo.json", lambda d: d["payload"]["variants"]["Labs"].update(type="spin"))
+
+    info, images = discover(str(where), DEFAULT)
+
+    assert summary(images) == EXPECTED[F42]
+    assert "skipped variant Labs: Variant: Field 'type' has invalid value: spin" in caplog.text
+    assert "Labs" not in info.as_productmd().variants.variants
+    assert "Cloud" in info.as_productmd().variants.variants
+
+
+def test_composeinfo_fields_fedimg_needs_stay_strict(tmp_path: Path) -> None:
+    where = copy_of(F42, tmp_path)
+    edit(where, "composeinfo.json", lambda d: d["payload"]["compose"].update(type="weekly"))
+
+    with pytest.raises(InputError, match=r"composeinfo\.json: invalid productmd metadata"):
+        discover(str(where), DEFAULT)

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -105,13 +105,13 @@ def discover(location: str, selection: ComposeSettings) -> tuple[ComposeInfo, li
         base, info_data = _read_composeinfo(reader, base)
         images_data = reader.json(base, IMAGES)
     info = _compose_info(base, info_data)
-    images = _images(base, images_data)
-    if images.compose.id != info.compose_id:
+    images_compose_id, listed = _images(base, images_data, selection)
+    if images_compose_id != info.compose_id:
         raise InputError(
-            f"{_join(base, IMAGES)}: is for compose {images.compose.id}, "
+            f"{_join(base, IMAGES)}: is for compose {images_compose_id}, "
             f"but composeinfo.json is for {info.compose_id}"
         )
-    selected = _select(base, images, images_data, selection)
+    selected = _select(base, listed, selection)
     log.debug("compose %s: %d images selected", info.compose_id, len(selected))
     return info, selected
 
@@ -258,9 +258,14 @@ def _read_composeinfo(reader: _Reader, base: str) -> tuple[str, dict[str, Any]]:
             raise first from None
 
 
+# What productmd raises on metadata it does not accept.
+_PRODUCTMD_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
+
+
 def _compose_info(base: str, data: dict[str, Any]) -> ComposeInfo:
+    data = _without_rejected_variants(data, _join(base, COMPOSEINFO))
     info = productmd.composeinfo.ComposeInfo()
-    _parse(info, data, _join(base, COMPOSEINFO))
+    _productmd(_join(base, COMPOSEINFO), lambda: (info.deserialize(data), info.validate()))
     return ComposeInfo(
         compose_id=info.compose.id,
         release_short=info.release.short,
@@ -275,48 +280,131 @@ def _compose_info(base: str, data: dict[str, Any]) -> ComposeInfo:
     )
 
 
-def _images(base: str, data: dict[str, Any]) -> Any:
-    images = productmd.images.Images()
-    _parse(images, data, _join(base, IMAGES))
-    return images
+def _without_rejected_variants(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` without the variants productmd rejects (e.g. a variant type it does not know yet).
 
-
-def _parse(metadata: Any, data: dict[str, Any], where: str) -> None:
-    """Lets productmd parse and validate ``data``; its complaints become one-line InputErrors."""
+    fedimg needs only the header, compose and release of composeinfo.json; those stay strict.
+    productmd ignores keys it does not know, so only values it validates can need this.
+    """
     try:
-        metadata.deserialize(data)
-        metadata.validate()
-    except KeyError as e:
-        raise InputError(f"{where}: invalid productmd metadata: missing field {e}") from e
-    except (TypeError, ValueError, AttributeError) as e:
-        detail = " ".join(str(e).split())
-        raise InputError(f"{where}: invalid productmd metadata: {detail}") from e
+        productmd.composeinfo.ComposeInfo().deserialize(data)
+        return data
+    except _PRODUCTMD_ERRORS:
+        pass
+    payload = data.get("payload")
+    if not isinstance(payload, dict) or not isinstance(payload.get("variants"), dict):
+        return data  # not a shape to repair: the strict parse reports it
+    variants: dict[str, Any] = payload["variants"]
+    kept: dict[str, Any] = {}
+    for uid in sorted(u for u in variants if "-" not in u):
+        family = {k: v for k, v in variants.items() if k == uid or k.startswith(f"{uid}-")}
+        trial = {**data, "payload": {**payload, "variants": family}}
+        try:
+            productmd.composeinfo.ComposeInfo().deserialize(trial)
+        except _PRODUCTMD_ERRORS as e:
+            log.warning("%s: skipped variant %s: %s", where, uid, _reason(e))
+            continue
+        kept.update(family)
+    return {**data, "payload": {**payload, "variants": kept}}
 
 
-def _select(
-    base: str, images: Any, data: dict[str, Any], selection: ComposeSettings
-) -> list[ComposeImage]:
-    # productmd coerces sizes with int(); the entries as written are kept to check them strictly.
-    entries = {
-        (variant, entry.get("path")): entry
-        for variant, arches in data["payload"]["images"].items()
-        for entry in (e for listed in arches.values() for e in listed)
-        if isinstance(entry, dict)
-    }
-    selected: dict[str, ComposeImage] = {}
-    for variant in sorted(images.images):
-        for arch in sorted(images.images[variant]):
-            for image in sorted(images.images[variant][arch], key=lambda i: i.path):
-                if (
-                    image.type not in selection.types
-                    or image.subvariant not in selection.subvariants
-                    or image.arch not in selection.arches
-                ):
+@dataclass(frozen=True)
+class _Listed:
+    """One images.json entry productmd accepted, with the entry as written."""
+
+    variant: str
+    arch: str
+    image: Any  # productmd.images.Image
+    entry: Mapping[str, Any]
+
+
+def _images(
+    base: str, data: dict[str, Any], selection: ComposeSettings
+) -> tuple[str, list[_Listed]]:
+    """The compose id images.json is for, and its entries productmd accepts.
+
+    An entry productmd rejects (a type or format it does not know yet, a field missing or of
+    another type) is skipped with a warning: pungi and the image builders add image types before
+    productmd learns them, and one such image must not hide the rest. An entry fedimg would
+    select is not skipped: its error stops discovery, as before.
+    """
+    where = _join(base, IMAGES)
+    images = productmd.images.Images()
+    _productmd(
+        where,
+        lambda: (images.header.deserialize(data), images.compose.deserialize(data["payload"])),
+    )
+    listing = data["payload"].get("images")
+    if not isinstance(listing, dict) or not all(
+        isinstance(arches, dict) and all(isinstance(e, list) for e in arches.values())
+        for arches in listing.values()
+    ):
+        raise InputError(
+            f"{where}: invalid productmd metadata: payload.images is not variant → arch → list"
+        )
+    accepted: list[_Listed] = []
+    for variant, arches in sorted(listing.items()):
+        for arch, entries in sorted(arches.items()):
+            for entry in entries:
+                image = productmd.images.Image(images)
+                try:
+                    if not isinstance(entry, dict):
+                        raise TypeError(f"an entry is {type(entry).__name__}, not an object")
+                    image.deserialize(entry)
+                    images.add(variant, arch, image)
+                except _PRODUCTMD_ERRORS as e:
+                    path = entry.get("path") if isinstance(entry, dict) else None
+                    if _wanted(entry, arch, selection):
+                        raise InputError(
+                            f"{where}: image {path}: invalid productmd metadata: {_reason(e)}"
+                        ) from e
+                    log.warning(
+                        "%s: skipped image %s/%s %s: %s", where, variant, arch, path, _reason(e)
+                    )
                     continue
-                entry = entries.get((variant, image.path), {})
-                found = _compose_image(base, variant, arch, image, entry)
-                # A unified image may be listed under several variants; it is one image.
-                selected.setdefault(found.path, found)
+                accepted.append(_Listed(variant, arch, image, entry))
+    return images.compose.id, accepted
+
+
+def _wanted(entry: Any, arch: str, selection: ComposeSettings) -> bool:
+    """Whether fedimg would select ``entry`` (listed under ``arch``), judged from the entry as
+    written."""
+    if not isinstance(entry, dict):
+        return False
+    return (
+        entry.get("type") in selection.types
+        and entry.get("subvariant") in selection.subvariants
+        and (arch in selection.arches or entry.get("arch") in selection.arches)
+    )
+
+
+def _productmd(where: str, parse: Callable[[], object]) -> None:
+    """Runs a productmd parse; its complaints become one-line InputErrors."""
+    try:
+        parse()
+    except _PRODUCTMD_ERRORS as e:
+        raise InputError(f"{where}: invalid productmd metadata: {_reason(e)}") from e
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, KeyError):
+        return f"missing field {error}"
+    return " ".join(str(error).split())
+
+
+def _select(base: str, listed: list[_Listed], selection: ComposeSettings) -> list[ComposeImage]:
+    selected: dict[str, ComposeImage] = {}
+    for item in sorted(listed, key=lambda i: (i.variant, i.arch, i.image.path)):
+        image = item.image
+        if (
+            image.type not in selection.types
+            or image.subvariant not in selection.subvariants
+            or image.arch not in selection.arches
+        ):
+            continue
+        found = _compose_image(base, item.variant, item.arch, image, item.entry)
+        # A unified image may be listed under several variants; it is one image.
+        selected.setdefault(found.path, found)
     # In the configured order of arches: the first is the one people wait for.
     return sorted(selected.values(), key=lambda i: (selection.arches.index(i.arch), i.path))
 
@@ -345,15 +433,8 @@ def _compose_image(
         size=size,
         variant=variant,
         image_name=image_name(path, image.format),
-        metadata=dict(entry) if entry else _as_dict(image),
+        metadata=dict(entry),
     )
-
-
-def _as_dict(image: Any) -> dict[str, Any]:
-    """productmd's own serialisation of ``image``, when the entry as written was not found."""
-    listed: list[dict[str, Any]] = []
-    image.serialize(listed)
-    return listed[0]
 
 
 def _safe_path(path: str) -> str:
