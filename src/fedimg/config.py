@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedimg.aws import limits
 from fedimg.errors import ConfigError
 
 ENV_VAR = "FEDIMG_CONFIG"
@@ -27,8 +28,22 @@ REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
 ORG_ARN_RE = re.compile(r"^arn:aws[a-z-]*:organizations::\d{12}:(organization|ou)/[a-z0-9/_-]+$")
 NAME_FIELDS = ("image_name", "region", "volume_type", "arch", "release", "subvariant", "compose_id")
-# A public AMI is deprecated by AWS after two years at most.
-MAX_DEPRECATION_DAYS = 730
+SSM_FIELDS = ("release", "subvariant", "arch", "image_name")
+# A public AMI is deprecated by AWS two years after its creation at most.
+MAX_DEPRECATION_DAYS = limits.PUBLIC_DEPRECATION_MAX_DAYS
+# The most tags fedimg itself puts on one resource: Name and the five identity tags
+# (identity.py: managed, image-key, image-name, sha256, compose-id), plus three per kind:
+# snapshots state/changed-blocks/linear-checksum, copies role/source-ami/source-region,
+# test resources role/test-run/ami. image.tags may add AWS's 50 minus these.
+FEDIMG_TAGS_PER_RESOURCE = 9
+MAX_EXTRA_TAGS = limits.TAGS_PER_RESOURCE - FEDIMG_TAGS_PER_RESOURCE
+# The longest values a name template can meet, to check templates at start-up (regions and
+# subvariants: the configured ones). Fedora's longest EC2 image names are Rawhide nightlies
+# (Fedora-Cloud-Base-AmazonEC2-Rawhide-20240829.n.1.aarch64); these allow a two-digit respin.
+LONGEST_IMAGE_NAME = "Fedora-Cloud-Base-AmazonEC2-Rawhide-20240829.n.99.aarch64"
+LONGEST_RELEASE = "Rawhide"
+LONGEST_COMPOSE_ID = "Fedora-Cloud-Rawhide-20240829.n.99"
+LONGEST_ARCH = "aarch64"
 
 
 @dataclass(frozen=True)
@@ -81,9 +96,12 @@ class PublishSettings:
     user_ids: tuple[str, ...] = ()
     organization_arns: tuple[str, ...] = ()
     organizational_unit_arns: tuple[str, ...] = ()
+    # Also make the AMIs' snapshots public (create-volume permission "all"). Launching a public
+    # AMI needs no access to its snapshot; AWS's snapshot block-public-access must allow it.
+    public_snapshots: bool = False
     # SSM parameter holding the latest AMI id per region; empty disables.
     ssm_parameter: str = "/fedimg/{release}/{subvariant}/{arch}/latest"
-    # Days after publication at which the AMI is deprecated; 0 disables.
+    # Days after the AMI's creation (in each region) at which it is deprecated; 0 disables.
     deprecate_after_days: int = MAX_DEPRECATION_DAYS
 
 
@@ -268,12 +286,8 @@ def validate(s: Settings) -> Settings:
             raise ConfigError(
                 f"image.tpm: needs boot mode uefi, but image.boot_mode.{arch} is {mode}"
             )
-    _name_template(i.name_template)
-    for k, v in i.tags.items():
-        if k.lower().startswith(("aws:", "fedimg:")):
-            raise ConfigError(f"image.tags.{k}: prefixes aws: and fedimg: are reserved")
-        if not 1 <= len(k) <= 128 or len(v) > 256:
-            raise ConfigError(f"image.tags.{k}: key 1-128 and value 0-256 characters")
+    _name_template(s)
+    _tags(i.tags)
     if i.max_image_bytes < 512:
         raise ConfigError("image.max_image_bytes: must be at least 512")
     for n, arch in enumerate(s.compose.arches):
@@ -289,12 +303,16 @@ def validate(s: Settings) -> Settings:
         for n, arn in enumerate(getattr(p, key)):
             if not ORG_ARN_RE.match(arn):
                 raise ConfigError(f"publish.{key}[{n}]: not an organizations ARN")
-    if p.deprecate_after_days > MAX_DEPRECATION_DAYS:
+    days_max = MAX_DEPRECATION_DAYS if p.public else limits.DEPRECATION_MAX_DAYS
+    if p.deprecate_after_days > days_max:
+        audience = "public AMIs" if p.public else "AMIs"
         raise ConfigError(
-            f"publish.deprecate_after_days: AWS allows at most {MAX_DEPRECATION_DAYS}"
+            f"publish.deprecate_after_days: AWS allows at most {days_max} for {audience}"
         )
-    if p.ssm_parameter and not p.ssm_parameter.startswith("/"):
-        raise ConfigError("publish.ssm_parameter: must start with /")
+    if p.public_snapshots and not p.public:
+        raise ConfigError("publish.public_snapshots: needs publish.public = true")
+    if p.ssm_parameter:
+        _ssm_template(s)
     t = s.test
     for arch in t.instance_types:
         if arch not in ARCHES:
@@ -314,16 +332,60 @@ def _region(key: str, value: str) -> None:
         raise ConfigError(f"{key}: {value!r} is not an AWS region name")
 
 
-def _name_template(template: str) -> None:
+def _template_fields(key: str, template: str, known: tuple[str, ...]) -> set[str]:
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as e:
-        raise ConfigError(f"image.name_template: {e}") from e
-    unknown = fields - set(NAME_FIELDS)
+        raise ConfigError(f"{key}: {e}") from e
+    unknown = fields - set(known)
     if unknown:
         raise ConfigError(
-            f"image.name_template: unknown field {{{sorted(unknown)[0]}}}; "
-            f"known: {', '.join(NAME_FIELDS)}"
+            f"{key}: unknown field {{{sorted(unknown)[0]}}}; known: {', '.join(known)}"
         )
-    if "image_name" not in fields:
-        raise ConfigError("image.name_template: must contain {image_name}")
+    return fields
+
+
+def _longest_values(s: Settings) -> dict[str, str]:
+    """The longest value each template field can take with these settings."""
+    return {
+        "image_name": LONGEST_IMAGE_NAME,
+        "region": max((s.aws.base_region, *s.aws.regions), key=len),
+        "volume_type": s.image.volume_type,
+        "arch": LONGEST_ARCH,
+        "release": LONGEST_RELEASE,
+        "subvariant": max((*s.compose.subvariants, "unknown"), key=len),
+        "compose_id": LONGEST_COMPOSE_ID,
+    }
+
+
+def _name_template(s: Settings) -> None:
+    key, template = "image.name_template", s.image.name_template
+    if "image_name" not in _template_fields(key, template, NAME_FIELDS):
+        raise ConfigError(f"{key}: must contain {{image_name}}")
+    problem = limits.ami_name_problem(template.format(**_longest_values(s)))
+    if problem:
+        raise ConfigError(f"{key}: for the longest image name and region: {problem}")
+
+
+def _ssm_template(s: Settings) -> None:
+    key, template = "publish.ssm_parameter", s.publish.ssm_parameter
+    _template_fields(key, template, SSM_FIELDS)
+    values = _longest_values(s)
+    name = template.format(**{f: values[f] for f in SSM_FIELDS})
+    problem = limits.ssm_name_problem(name, values["region"])
+    if problem:
+        raise ConfigError(f"{key}: for the longest image name and region: {problem}")
+
+
+def _tags(tags: dict[str, str]) -> None:
+    if len(tags) > MAX_EXTRA_TAGS:
+        raise ConfigError(
+            f"image.tags: {len(tags)} tags; AWS allows {limits.TAGS_PER_RESOURCE} per resource "
+            f"and fedimg adds up to {FEDIMG_TAGS_PER_RESOURCE}, so at most {MAX_EXTRA_TAGS}"
+        )
+    for k, v in tags.items():
+        if k.lower().startswith("fedimg:") or k == "Name":
+            raise ConfigError(f"image.tags.{k}: set by fedimg itself (Name and fedimg:*)")
+        problem = limits.tag_problem(k, v)
+        if problem:
+            raise ConfigError(f"image.tags.{k}: {problem}")

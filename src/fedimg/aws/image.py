@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from fedimg.aws import limits
 from fedimg.aws.clients import Clients, translate
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROOT_DEVICE = "/dev/sda1"  # Fedora's choice
-AMI_NAME_RE = re.compile(r"^[a-zA-Z0-9()./_ -]{3,128}$")
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,15 @@ def ami_name(settings: Settings, identity: ImageIdentity, region: str) -> str:
 
 
 def checked_ami_name(name: str) -> str:
-    if not AMI_NAME_RE.match(name):
-        raise InputError(
-            f"AMI name {name!r}: must be 3-128 characters of letters, digits, ( ) . / _ - and space"
-        )
+    problem = limits.ami_name_problem(name)
+    if problem:
+        raise InputError(problem)
     return name
+
+
+def ami_description(identity: ImageIdentity) -> str:
+    # Image names are far shorter than AWS's 255; cut rather than fail if one ever is not.
+    return f"Fedora image {identity.image_name}"[: limits.AMI_DESCRIPTION_MAX]
 
 
 def find_image(ec2: EC2Client, identity: ImageIdentity, name: str) -> str | None:
@@ -74,10 +77,9 @@ def register_params(
     settings: Settings, identity: ImageIdentity, snapshot_id: str, volume_gib: int, name: str
 ) -> dict[str, Any]:
     img = settings.image
-    tags = base_image_tags(settings, identity)
     params: dict[str, Any] = {
         "Name": name,
-        "Description": f"Fedora image {identity.image_name}",
+        "Description": ami_description(identity),
         "Architecture": identity.aws_arch,
         "VirtualizationType": "hvm",
         "RootDeviceName": ROOT_DEVICE,
@@ -94,9 +96,10 @@ def register_params(
         ],
         "EnaSupport": img.ena,
         "BootMode": img.boot_mode.get(identity.arch, "uefi"),
+        # RegisterImage tags only the AMI ("If you specify another value for ResourceType, the
+        # request fails"); the snapshot has carried its tags since StartSnapshot.
         "TagSpecifications": [
-            {"ResourceType": "image", "Tags": tags},
-            {"ResourceType": "snapshot", "Tags": tags},
+            {"ResourceType": "image", "Tags": base_image_tags(settings, identity)}
         ],
     }
     if img.sriov:
