@@ -19,6 +19,7 @@ from fedora_messaging import exceptions, message, testing
 
 from fedimg import announce
 from fedimg.announce import MAX_CHECK_OUTPUT, bus_sink, messages_for, uploader_published_message
+from fedimg.errors import ConfigError
 from fedimg.events import Event
 
 AMI = "ami-0123456789abcdef0"
@@ -218,7 +219,7 @@ def test_default_publish_is_fedora_messaging() -> None:
 
 
 def test_unknown_environment_is_refused() -> None:
-    with pytest.raises(ValueError, match="prod, stg"):
+    with pytest.raises(ConfigError, match="prod, stg"):
         bus_sink(lambda m: None, environment="dev")
 
 

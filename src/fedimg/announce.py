@@ -26,6 +26,7 @@ from fedora_messaging import api, exceptions
 from fedora_messaging import config as fm_config
 from fedora_messaging.message import DEBUG, INFO, WARNING, Message, dumps, get_class
 
+from fedimg.errors import ConfigError
 from fedimg.events import Event, Sink
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ def bus_sink(
     ``org.fedoraproject.<env>.`` in front of every topic on the wire.
     """
     if environment not in ENVIRONMENTS:
-        raise ValueError(f"environment must be one of {', '.join(ENVIRONMENTS)}: {environment!r}")
+        raise ConfigError(
+            f"messaging.environment must be one of {', '.join(ENVIRONMENTS)}: {environment!r}"
+        )
     if publish is api.publish:
         _check_topic_prefix(environment)
     sender = _Sender(publish, attempts, backoff)

@@ -27,6 +27,7 @@ from fedimg import config as config_mod
 from fedimg.aws.clients import Clients
 from fedimg.boot.sample import SAMPLE_CHECKS
 from fedimg.config import Settings
+from fedimg.errors import TransientError
 from fedimg.events import Event, fan_out
 from fedimg.pipeline import ComposeOutcome, Pipeline
 
@@ -173,7 +174,11 @@ def _through_broker(url: str, body: dict[str, Any]) -> Iterator[Any]:
     from fedora_messaging.message import Message
 
     name = f"fedimg-demo-{uuid.uuid4().hex[:8]}"
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPError as e:
+        # The URL may carry a password: name the error only.
+        raise TransientError(f"cannot reach the broker: {type(e).__name__}") from e
     try:
         ch = conn.channel()
         ch.exchange_declare(name, "topic", auto_delete=True)
@@ -186,7 +191,7 @@ def _through_broker(url: str, body: dict[str, Any]) -> Iterator[Any]:
                 break
             conn.sleep(0.1)
         else:
-            raise RuntimeError(f"the message did not come back from {url}")
+            raise TransientError("the message did not come back from the broker within 5 s")
         yield Message(topic=method.routing_key, body=json.loads(payload))
     finally:
         conn.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from fedimg import config
 from fedimg.boot import qemu, sample
 from fedimg.boot.ssh import FAILED, PASSED, run_checks, wait_for_ssh
 from fedimg.config import Check
-from fedimg.errors import BootTestFailed, InputError
+from fedimg.errors import BootTestFailed, ConfigError, InputError
 
 USER = sample.SAMPLE_USER
 # The target on the project's 2-core machines (measured: ~7 s BIOS, ~12 s UEFI).
@@ -195,7 +196,7 @@ def test_accelerator_can_be_forced_and_otherwise_probes_in_bounded_time(
     monkeypatch.setenv(qemu.ACCEL_ENV, "tcg")
     assert qemu.accelerator(image) == qemu.TCG
     monkeypatch.setenv(qemu.ACCEL_ENV, "fast")
-    with pytest.raises(ValueError, match="kvm or tcg"):
+    with pytest.raises(ConfigError, match="kvm or tcg"):
         qemu.accelerator(image)
     monkeypatch.delenv(qemu.ACCEL_ENV)
     assert qemu.accelerator(None) == qemu.TCG  # nothing has proven KVM yet
@@ -210,14 +211,34 @@ def test_accelerator_can_be_forced_and_otherwise_probes_in_bounded_time(
 
 
 def test_test_image_command_prints_json_and_returns_the_exit_status(
-    build_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    build_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     broken = sample.corrupt_variants(build_dir)["broken-boot-sector"]
-    status = qemu.test_image_command(
-        str(broken), "bios", config.TestSettings(), USER, as_json=True, log_dir=tmp_path
-    )
+    status = qemu.test_image_command(str(broken), "bios", config.TestSettings(), USER, as_json=True)
     assert status == 1
     payload = json.loads(capsys.readouterr().out)
     assert payload["outcome"] == FAILED
     assert payload["firmware"] == "bios"
     assert "no bootable device" in payload["reason"]
+    # After a failure only the logs folder is left, where the result says.
+    (kept,) = tmp_path.iterdir()
+    assert Path(payload["serial_log"]).parent == kept
+    assert kept.name.startswith("fedimg-boot-")
+
+
+def test_truncated_xz_is_an_input_error_and_leaves_nothing_behind(
+    build_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    truncated = tmp_path / "cut.raw.xz"
+    truncated.write_bytes(sample.sample_image_xz(build_dir).read_bytes()[:-4096])
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+
+    with pytest.raises(InputError, match=r"cut\.raw\.xz: not a valid xz file"):
+        qemu.test_image_command(str(truncated), "both", config.TestSettings(), USER, as_json=True)
+    assert list(work.iterdir()) == []

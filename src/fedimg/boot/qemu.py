@@ -1,10 +1,12 @@
 """The local boot test (Autocloud/tunir style): boot an image under QEMU and run checks over SSH.
 
 The image under test is never written: QEMU runs on a qcow2 overlay backed by it (a ``.raw.xz`` is
-first decompressed, sparsely, into the work folder). A NoCloud seed made by ``cloud-localds``
-carries a throwaway SSH key; the guest's port 22 is forwarded to a free loopback port. The serial
-console and the firmware's debug console are kept as logs; when the image does not boot, they say
-why.
+first decompressed, sparsely, into the work folder; an http(s) URL is first downloaded, verified and
+decompressed the way uploads read it). A NoCloud seed made by ``cloud-localds`` carries a throwaway
+SSH key; the guest's port 22 is forwarded to a free loopback port. The serial console and the
+firmware's debug console are kept as logs; when the image does not boot, they say why. Nothing is
+left behind in the temporary directory except, after a failed or uncertain test, its logs folder,
+whose path the result names.
 
 Outcomes: PASSED (SSH answered and every check passed), FAILED (the image is at fault: it did not
 boot, or a check failed), NEEDS_INSPECTION (the test itself could not run, e.g. QEMU failed to
@@ -19,6 +21,7 @@ import logging
 import lzma
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -40,7 +43,7 @@ from fedimg.boot.ssh import (
     wait_for_ssh,
 )
 from fedimg.config import Check, TestSettings
-from fedimg.errors import BootTestFailed, InputError, TransientError
+from fedimg.errors import BootTestFailed, ConfigError, InputError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -115,29 +118,36 @@ def boot_test(
     check_timeout_s: float = CHECK_TIMEOUT_S,
 ) -> LocalBootResult:
     """Boots ``image`` with ``firmware`` ("bios" or "uefi"), waits up to ``deadline_s`` for SSH as
-    ``user`` and runs ``checks``. QEMU is stopped before this returns, whatever happened."""
+    ``user`` and runs ``checks``. QEMU is stopped before this returns, whatever happened.
+
+    The logs are kept in a new folder under ``log_dir``. Without ``log_dir`` they go to a
+    temporary folder that is removed after a pass (``serial_log`` is then "") and kept, for
+    reading, after a failed or uncertain test.
+    """
     started = time.monotonic()
     results: list[CheckResult] = []
-    logs = _log_folder(image, firmware, log_dir)
-    serial_log = logs / "serial.log"
+    with _log_folder(image, firmware, log_dir) as logs:
+        serial_log = logs.path / "serial.log"
 
-    def result(outcome: str, reason: str = "") -> LocalBootResult:
-        seconds = time.monotonic() - started
-        return LocalBootResult(
-            str(image), firmware, outcome, results, seconds, reason, str(serial_log)
-        )
+        def result(outcome: str, reason: str = "") -> LocalBootResult:
+            seconds = time.monotonic() - started
+            logs.keep = outcome != PASSED or log_dir is not None
+            kept_log = str(serial_log) if logs.keep else ""
+            return LocalBootResult(
+                str(image), firmware, outcome, results, seconds, reason, kept_log
+            )
 
-    try:
-        with _booted(image, firmware, user, deadline_s, logs, accel) as (_, client):
-            results = run_checks(client, checks, check_timeout_s)
-    except BootTestFailed as e:
-        return result(FAILED, str(e))
-    except BootInfrastructureError as e:
-        return result(NEEDS_INSPECTION, str(e))
-    failed = [c.name for c in results if c.outcome != PASSED]
-    if failed:
-        return result(FAILED, f"checks failed: {', '.join(failed)}")
-    return result(PASSED)
+        try:
+            with _booted(image, firmware, user, deadline_s, logs.path, accel) as (_, client):
+                results = run_checks(client, checks, check_timeout_s)
+        except BootTestFailed as e:
+            return result(FAILED, str(e))
+        except BootInfrastructureError as e:
+            return result(NEEDS_INSPECTION, str(e))
+        failed = [c.name for c in results if c.outcome != PASSED]
+        if failed:
+            return result(FAILED, f"checks failed: {', '.join(failed)}")
+        return result(PASSED)
 
 
 @contextlib.contextmanager
@@ -157,12 +167,20 @@ def running_guest(
     for a caller that must hand the key to another process.
 
     Raises BootTestFailed when the image does not boot (the reason names what the serial log shows)
-    and BootInfrastructureError when QEMU could not run it.
+    and BootInfrastructureError when QEMU could not run it. Without ``log_dir``, the logs are
+    removed when the block ends, and kept (the path is logged) when the boot failed.
     """
-    logs = _log_folder(image, firmware, log_dir)
-    with _booted(image, firmware, user, deadline_s, logs, accel, key) as (guest, client):
-        client.close()
-        yield guest
+    with _log_folder(image, firmware, log_dir) as logs:
+        try:
+            booted = _booted(image, firmware, user, deadline_s, logs.path, accel, key)
+            with booted as (guest, client):
+                client.close()
+                yield guest
+        except (BootTestFailed, BootInfrastructureError):
+            if log_dir is None:
+                logs.keep = True
+                log.warning("%s (%s): boot logs kept in %s", image, firmware, logs.path)
+            raise
 
 
 def accelerator(probe_image: Path | None = None) -> tuple[str, ...]:
@@ -179,7 +197,7 @@ def accelerator(probe_image: Path | None = None) -> tuple[str, ...]:
     if forced in ("kvm", "tcg"):
         return KVM if forced == "kvm" else TCG
     if forced:
-        raise ValueError(f"{ACCEL_ENV} must be kvm or tcg, not {forced!r}")
+        raise ConfigError(f"{ACCEL_ENV} must be kvm or tcg, not {forced!r}")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return TCG
     if probe_image is not None:
@@ -224,22 +242,26 @@ def test_image_command(
     checks: Sequence[Check] | None = None,
     log_dir: Path | None = None,
 ) -> int:
-    """``fedimg test-image``: boots IMAGE under each firmware asked for ("bios", "uefi" or "both"),
-    prints the results (JSON: one object, or a list for "both") and returns the exit status:
-    0 all passed, 1 a test failed, 2 a test could not be run (NEEDS_INSPECTION)."""
+    """``fedimg test-image``: boots IMAGE (a path or an http(s) URL) under each firmware asked for
+    ("bios", "uefi" or "both"), prints the results (JSON: one object, or a list for "both") and
+    returns the exit status: 0 all passed, 1 a test failed, 2 a test could not be run
+    (NEEDS_INSPECTION). A bad image file raises InputError, as everywhere in fedimg."""
     firmwares = list(FIRMWARES) if firmware == "both" else [firmware]
-    results = [
-        boot_test(
-            Path(image),
-            fw,
-            settings.checks if checks is None else checks,
-            user,
-            deadline_s=settings.ssh_seconds,
-            log_dir=log_dir,
-            check_timeout_s=settings.check_seconds,
-        )
-        for fw in firmwares
-    ]
+    with _local_image(image) as local:
+        results = [
+            boot_test(
+                local,
+                fw,
+                settings.checks if checks is None else checks,
+                user,
+                deadline_s=settings.ssh_seconds,
+                log_dir=log_dir,
+                check_timeout_s=settings.check_seconds,
+            )
+            for fw in firmwares
+        ]
+    for r in results:
+        r.image = image  # as the user named it, not the downloaded copy
     if as_json:
         payload = [r.to_json() for r in results]
         print(json.dumps(payload if firmware == "both" else payload[0], indent=2))
@@ -250,7 +272,8 @@ def test_image_command(
                 print(f"  {c.outcome:6} {c.name}")
             if r.reason:
                 print(f"  reason: {r.reason}")
-            print(f"  serial log: {r.serial_log}")
+            if r.serial_log:
+                print(f"  serial log: {r.serial_log}")
     outcomes = {r.outcome for r in results}
     if outcomes == {PASSED}:
         return 0
@@ -271,12 +294,12 @@ def _booted(
     key: tuple[paramiko.PKey, str] | None = None,
 ) -> Iterator[tuple[Guest, paramiko.SSHClient]]:
     if firmware not in FIRMWARES:
-        raise ValueError(f"firmware must be one of {', '.join(FIRMWARES)}, not {firmware!r}")
+        raise InputError(f"firmware must be one of {', '.join(FIRMWARES)}, not {firmware!r}")
     if not image.is_file():
         raise InputError(f"{image}: no such image file")
     if firmware == "uefi" and not OVMF.is_file():
         raise BootInfrastructureError(f"{OVMF} is missing: install the Debian package ovmf")
-    with tempfile.TemporaryDirectory(prefix="fedimg-boot-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fedimg-work-") as tmp:
         work = Path(tmp)
         disk = _overlay(_raw(image, work), work)
         pkey, public_key = key or throwaway_key()
@@ -411,11 +434,45 @@ def _last_line(text: str) -> str:
 # --- the pieces -------------------------------------------------------------------------------
 
 
-def _log_folder(image: Path, firmware: str, log_dir: Path | None) -> Path:
-    """A new folder for one boot's logs; it outlives the test so the serial log can be read."""
+@dataclass
+class _Logs:
+    path: Path
+    keep: bool  # whether the folder outlives the boot
+
+
+@contextlib.contextmanager
+def _log_folder(image: Path, firmware: str, log_dir: Path | None) -> Iterator[_Logs]:
+    """A new folder for one boot's logs. One under ``log_dir`` is always kept; a temporary one
+    only when the caller sets ``keep`` (so a failure can be read)."""
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"fedimg-boot-{image.name}.{firmware}.", dir=log_dir))
+    folder = Path(tempfile.mkdtemp(prefix=f"fedimg-boot-{image.name}.{firmware}.", dir=log_dir))
+    logs = _Logs(folder, keep=log_dir is not None)
+    try:
+        yield logs
+    finally:
+        if not logs.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _local_image(image: str) -> Iterator[Path]:
+    """``image`` as a local file: a path as it is; a URL downloaded into a temporary folder that
+    is removed afterwards, decompressed and verified by the reader uploads use."""
+    if "://" not in image:
+        yield Path(image)
+        return
+    from fedimg.source import BLOCK_SIZE, ImageSource, image_name_of
+
+    with tempfile.TemporaryDirectory(prefix="fedimg-download-") as tmp:
+        raw = Path(tmp) / f"{image_name_of(image)}.raw"
+        log.info("downloading %s", image)
+        with ImageSource(image) as source, raw.open("wb") as out:
+            for block in source.blocks():  # only blocks with data: zeros stay holes
+                out.seek(block.index * BLOCK_SIZE)
+                out.write(block.data)
+            out.truncate(source.raw_size)
+        yield raw
 
 
 def _raw(image: Path, work: Path) -> Path:
@@ -429,6 +486,8 @@ def _raw(image: Path, work: Path) -> Path:
             _copy_sparse(src, dst)
     except lzma.LZMAError as e:
         raise InputError(f"{image}: not a valid xz file: {e}") from e
+    except EOFError as e:  # what lzma raises for a file cut short
+        raise InputError(f"{image}: not a valid xz file: it is truncated") from e
     return raw
 
 
