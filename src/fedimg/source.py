@@ -11,26 +11,32 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
+import logging
 import lzma
 import os
 import struct
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Protocol
+from typing import Any, Protocol, TypeVar
 
 import requests
+import urllib3.exceptions
 
 from fedimg.errors import ChecksumMismatch, ImageTooLarge, InputError, TransientError
 
 BLOCK_SIZE = 524288  # EBS direct's block size; never trust the one an emulator reports
 SECTOR = 512
 FORMATS = (".raw.xz", ".raw.gz", ".raw.zst", ".raw")
-HTTP_TIMEOUT = (10.0, 60.0)
 MAX_REDIRECTS = 5
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,13 +67,60 @@ def format_of(location: str) -> str:
     raise InputError(f"{location}: not a disk image (expected one of {', '.join(FORMATS)})")
 
 
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """How an image URL is read: timeouts, the one retry layer, and the floor under a trickle.
+
+    One retry layer: each kind of request (the HEAD for the size, a range read of the xz index,
+    the image body) gets at most ``attempts`` requests, the first included, with a pause of
+    ``backoff_seconds`` times 1, 2, 4 … (capped) between them; requests' own adapter retries
+    nothing. For the body, an attempt is a request that resumes where the last one broke.
+
+    There is no whole-download deadline: any value would either kill a legitimately slow 600 MB
+    download or be too long to matter. A trickle (a server that sends a byte just often enough
+    never to trip ``read_timeout``) is caught by a floor instead: if, over ``rate_window`` seconds
+    spent waiting on the network (not on the consumer of the blocks), fewer than
+    ``min_bytes_per_second`` arrived, the connection is dropped and the download resumed. With
+    the defaults a 600 MB image still finishes at 16 KiB/s (in about 10 hours); a link that slow
+    is a fault to report, not to wait for.
+    """
+
+    connect_timeout: float = 10.0
+    # Seconds without a byte on an open connection before it counts as stalled.
+    read_timeout: float = 60.0
+    attempts: int = 6
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 30.0
+    min_bytes_per_second: int = 16 * 1024
+    rate_window: float = 120.0
+
+    def pause(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1, 2 …)."""
+        return float(min(self.backoff_seconds * 2 ** (attempt - 1), self.max_backoff_seconds))
+
+
+# Statuses a later request may not see again; any other 4xx (404, 403, 410 …) is the input's fault.
+_TRANSIENT_STATUSES = frozenset({408, 425, 429})
+# What a connection, or the urllib3/http.client layers under requests, raise when one breaks.
+_NETWORK_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+
+
 class _Origin:
     """Where the published bytes come from: a local file or an http(s) URL, read by range."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, policy: DownloadPolicy) -> None:
         self.location = location
+        self.policy = policy
         self.is_url = location.startswith(("http://", "https://"))
         self._session: requests.Session | None = None
+        # Every HTTP request made, and every fault absorbed by a later attempt (for tests, logs).
+        self.requests = 0
+        self.faults: list[str] = []
         if location.startswith("file://"):
             self.location = location[len("file://") :]
         elif not self.is_url and "://" in location:
@@ -78,6 +131,7 @@ class _Origin:
     @property
     def session(self) -> requests.Session:
         if self._session is None:
+            # requests' default adapter retries nothing: the attempts here are the only layer.
             self._session = requests.Session()
             self._session.max_redirects = MAX_REDIRECTS
         return self._session
@@ -85,12 +139,15 @@ class _Origin:
     def size(self) -> int:
         if not self.is_url:
             return os.path.getsize(self.location)
-        r = self._request("HEAD", allow_redirects=True)
-        r.close()
-        try:
-            return int(r.headers["Content-Length"])
-        except (KeyError, ValueError):
-            raise InputError(f"{self.location}: server gives no Content-Length") from None
+
+        def head() -> int:
+            with self.send("HEAD", allow_redirects=True) as r:
+                length = _content_length(r)
+            if length is None:
+                raise InputError(f"{self.location}: server gives no Content-Length")
+            return length
+
+        return self._retrying(head)
 
     def tail(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` (for reading an xz index)."""
@@ -98,27 +155,50 @@ class _Origin:
             with open(self.location, "rb") as f:
                 f.seek(offset)
                 return f.read(length)
-        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        r = self._request("GET", headers=headers)
-        if r.status_code != 206:
-            r.close()
-            raise _NoRanges
-        return r.content
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}", **_IDENTITY}
 
-    def open(self) -> IO[bytes]:
+        def read_range() -> bytes:
+            with self.send("GET", headers=headers, stream=True) as r:
+                if r.status_code != 206:
+                    raise _NoRanges
+                data = r.content
+            if len(data) != length:
+                raise TransientError(f"{self.location}: range read gave {len(data)} of {length}")
+            return data
+
+        return self._retrying(read_range)
+
+    def open(self) -> _Reader:
         if not self.is_url:
             return open(self.location, "rb")
-        r = self._request("GET", stream=True)
-        return r.raw  # type: ignore[return-value]
+        return _Download(self)
 
-    def _request(self, method: str, **kw: object) -> requests.Response:
+    def _retrying(self, request: Callable[[], T]) -> T:
+        """One small request under the policy's retry layer (body read included)."""
+        for attempt in range(1, self.policy.attempts + 1):
+            try:
+                return request()
+            except _NETWORK_ERRORS as e:
+                fault = TransientError(f"{self.location}: {_describe(e)}")
+            except TransientError as e:
+                fault = e
+            self.faults.append(str(fault))
+            if attempt == self.policy.attempts:
+                raise TransientError(f"{fault} (after {attempt} attempts)") from fault
+            time.sleep(self.policy.pause(attempt))
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    def send(self, method: str, url: str | None = None, **kw: Any) -> requests.Response:
+        """One request, no retry: 5xx, 408, 425, 429 and network errors are transient."""
+        self.requests += 1
+        timeout = (self.policy.connect_timeout, self.policy.read_timeout)
         try:
-            r = self.session.request(method, self.location, timeout=HTTP_TIMEOUT, **kw)  # type: ignore[arg-type]
+            r = self.session.request(method, url or self.location, timeout=timeout, **kw)
         except requests.TooManyRedirects:
             raise InputError(f"{self.location}: too many redirects") from None
         except requests.RequestException as e:
-            raise TransientError(f"{self.location}: {type(e).__name__}: {e}") from e
-        if r.status_code >= 500:
+            raise TransientError(f"{self.location}: {_describe(e)}") from e
+        if r.status_code >= 500 or r.status_code in _TRANSIENT_STATUSES:
             r.close()
             raise TransientError(f"{self.location}: HTTP {r.status_code}")
         if r.status_code >= 400:
@@ -131,14 +211,217 @@ class _Origin:
             self._session.close()
 
 
+# The bytes as published: a server must not compress them again on the way (ranges count these).
+_IDENTITY = {"Accept-Encoding": "identity"}
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
 class _NoRanges(Exception):
     """The server ignores Range requests."""
+
+
+class _SourceChanged(Exception):
+    """The file on the server is not the one whose first bytes were already handed out."""
+
+
+class _Download:
+    """The body of one GET, resumed where it broke, so that the reader never notices.
+
+    Each read returns the next bytes of the file, never a byte twice, never one skipped. When the
+    connection breaks (reset, a stall past the read timeout, a body shorter than its
+    Content-Length, a trickle under the policy's floor, 5xx on reopening), the next attempt asks
+    for ``Range: bytes=N-`` from the last byte handed out, at the URL the first answer came from
+    (after redirects: the same mirror), with ``If-Range`` so a changed file is sent whole instead.
+    It accepts a 206 only when its Content-Range starts at N and has the first answer's length,
+    and its validators (ETag, Last-Modified) are the first answer's.
+
+    A server that cannot resume (no ``Accept-Ranges: bytes``, or it answers a Range with 200)
+    is read again from the start and the first N bytes are dropped: correct because the file is
+    the same one (same validators and length), and the SHA-256 of every byte handed out is still
+    checked at the end; the cost is reading N bytes again. If the file changed (other validators
+    or length) once bytes were handed out, the download fails with a TransientError: a new run
+    reads the new file from its start. All attempts used up: TransientError. 4xx: InputError.
+    """
+
+    def __init__(self, origin: _Origin) -> None:
+        self.origin = origin
+        self.policy = origin.policy
+        self.url = origin.location
+        self.offset = 0  # bytes handed out
+        self.attempts = 0
+        self.total: int | None = None  # the whole file's length, from the first answer
+        self.validators: tuple[str, str] | None = None  # (ETag, Last-Modified)
+        self.ranges = False
+        self._response: requests.Response | None = None
+        self._waited = 0.0  # seconds spent waiting on the network in this rate window
+        self._arrived = 0  # bytes that arrived in it
+
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to ``n`` bytes (all that is left for ``n < 0``); b"" only at the end of the file."""
+        parts: list[bytes] = []
+        want = n if n >= 0 else 1 << 62
+        while want > 0:
+            piece = self._next_piece(min(want, 1 << 20))
+            if not piece:
+                break
+            parts.append(piece)
+            want -= len(piece)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._drop()
+
+    def _next_piece(self, want: int) -> bytes:
+        # Bounded: every pass that does not return opens a new attempt, and _failed raises once
+        # the policy's attempts are used up.
+        for _ in range(self.policy.attempts + 1):
+            try:
+                if self._response is None:
+                    self._open()
+                piece = self._receive(want)
+                if not piece and self.total is not None and self.offset < self.total:
+                    raise TransientError(f"body ended at byte {self.offset} of {self.total}")
+                self.offset += len(piece)
+                return piece
+            except TransientError as e:
+                self._failed(e)
+            except _SourceChanged as e:
+                self._drop()
+                raise TransientError(f"{self.origin.location}: {e}") from None
+        raise AssertionError(
+            "unreachable: _failed raises after the last attempt"
+        )  # pragma: no cover
+
+    def _failed(self, fault: TransientError) -> None:
+        self._drop()
+        self.origin.faults.append(str(fault))
+        log.info(
+            "%s: attempt %d/%d at byte %d: %s",
+            self.origin.location,
+            self.attempts,
+            self.policy.attempts,
+            self.offset,
+            fault,
+        )
+        if self.attempts >= self.policy.attempts:
+            raise TransientError(
+                f"{self.origin.location}: download failed at byte {self.offset} after "
+                f"{self.attempts} attempts: {fault}"
+            ) from fault
+        time.sleep(self.policy.pause(self.attempts))
+
+    def _open(self) -> None:
+        self.attempts += 1
+        self._waited, self._arrived = 0.0, 0
+        headers = dict(_IDENTITY)
+        resuming = self.offset > 0 and self.ranges
+        if resuming:
+            headers["Range"] = f"bytes={self.offset}-"
+            headers |= self._if_range()
+        r = self.origin.send("GET", self.url, headers=headers, stream=True)
+        self._response = r
+        if r.status_code == 206 and resuming:
+            self._check_resumed(r)
+        elif r.status_code == 200:
+            self._check_whole(r)
+            self._discard(self.offset)
+        else:
+            raise TransientError(f"unexpected HTTP {r.status_code} to a download")
+
+    def _if_range(self) -> dict[str, str]:
+        """If-Range takes a strong validator: an ETag that is not weak, else the date."""
+        assert self.validators is not None
+        etag, modified = self.validators
+        if etag and not etag.startswith("W/"):
+            return {"If-Range": etag}
+        return {"If-Range": modified} if modified else {}
+
+    def _check_resumed(self, r: requests.Response) -> None:
+        assert self.total is not None  # ranges are used only when the length is known
+        expected = f"bytes {self.offset}-{self.total - 1}/{self.total}"
+        got = r.headers.get("Content-Range", "").strip()
+        if got != expected:
+            self.ranges = False  # from now on: read from the start, drop what was handed out
+            raise TransientError(f"asked for {expected} but got Content-Range {got!r}")
+        if not _same_file(self.validators, _validators(r)):
+            raise _SourceChanged("the file changed on the server during the download")
+
+    def _check_whole(self, r: requests.Response) -> None:
+        length = _content_length(r)
+        if self.validators is None or self.offset == 0:
+            # Nothing handed out yet: this answer defines the file.
+            self.validators, self.total = _validators(r), length
+            self.url = r.url or self.url
+            accepts = r.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
+            self.ranges = accepts and length is not None
+            return
+        if length != self.total or not _same_file(self.validators, _validators(r)):
+            raise _SourceChanged("the file changed on the server during the download")
+        self.ranges = False  # it answered a Range with the whole file: it cannot resume
+
+    def _discard(self, count: int) -> None:
+        """Reads and drops the first ``count`` bytes of a whole answer (already handed out)."""
+        left = count
+        while left > 0:
+            piece = self._receive(min(left, 1 << 20))
+            if not piece:
+                raise TransientError(f"body ended at byte {count - left} while skipping to {count}")
+            left -= len(piece)
+
+    def _receive(self, want: int) -> bytes:
+        """At most one read from the connection, so a trickle is seen between pieces."""
+        assert self._response is not None
+        started = time.monotonic()
+        try:
+            piece = self._response.raw.read1(want)
+        except _NETWORK_ERRORS as e:
+            raise TransientError(_describe(e)) from e
+        self._watch_rate(len(piece), time.monotonic() - started)
+        return piece
+
+    def _watch_rate(self, arrived: int, waited: float) -> None:
+        self._waited += waited
+        self._arrived += arrived
+        if self._waited < self.policy.rate_window:
+            return
+        rate = self._arrived / self._waited
+        seconds = self._waited
+        self._waited, self._arrived = 0.0, 0
+        if rate < self.policy.min_bytes_per_second:
+            raise TransientError(
+                f"trickle: {rate:.0f} bytes/s over {seconds:.1f} s, under the floor of "
+                f"{self.policy.min_bytes_per_second}"
+            )
+
+    def _drop(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+
+
+def _validators(r: requests.Response) -> tuple[str, str]:
+    return r.headers.get("ETag", ""), r.headers.get("Last-Modified", "")
+
+
+def _same_file(first: tuple[str, str] | None, now: tuple[str, str]) -> bool:
+    """Whether no validator the server sends now differs from the one it sent first."""
+    return first is not None and all(not b or a == b for a, b in zip(first, now, strict=True))
+
+
+def _content_length(r: requests.Response) -> int | None:
+    try:
+        return int(r.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
 
 
 class _Hashing(io.RawIOBase):
     """Counts and hashes the bytes as published while the decompressor reads them."""
 
-    def __init__(self, inner: IO[bytes]) -> None:
+    def __init__(self, inner: _Reader) -> None:
         super().__init__()
         self.inner = inner
         self.sha256 = hashlib.sha256()
@@ -177,6 +460,7 @@ class ImageSource:
         *,
         sha256: str | None = None,
         max_bytes: int = 32 * 1024**3,
+        policy: DownloadPolicy | None = None,
     ) -> None:
         self.location = location
         self.format = format_of(location)
@@ -185,7 +469,7 @@ class ImageSource:
         if self.expected_sha256 is not None and not _is_hex64(self.expected_sha256):
             raise InputError(f"--sha256: {sha256!r} is not a SHA-256 hex digest")
         self.max_bytes = max_bytes
-        self._origin = _Origin(location)
+        self._origin = _Origin(location, policy or DownloadPolicy())
         self._hashing: _Hashing | None = None
         self._raw_size: int | None = None
         self.raw_bytes = 0
@@ -197,6 +481,16 @@ class ImageSource:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._origin.close()
+
+    @property
+    def http_requests(self) -> int:
+        """HTTP requests made so far, retries and resumes included (0 for a local file)."""
+        return self._origin.requests
+
+    @property
+    def faults(self) -> list[str]:
+        """Each network fault a later attempt got past, in order (the last one may have won)."""
+        return list(self._origin.faults)
 
     @property
     def bytes_read(self) -> int:
