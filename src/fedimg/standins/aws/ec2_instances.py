@@ -1,0 +1,50 @@
+"""RunInstances: ClientToken idempotency, metadata options and taggable resource types."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from moto.core.responses import ActionResult
+
+from fedimg.standins.aws import ec2_rules as rules
+from fedimg.standins.aws.ec2_state import fingerprint, region_state
+from fedimg.standins.aws.ec2_tags import tag_specifications
+from fedimg.standins.aws.errors import refuse
+
+
+def run_instances(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """RunInstances (API_RunInstances.html) behind its rules; moto launches the instances."""
+
+    def handler(self: Any) -> Any:
+        rules.check_metadata_options(self._get_param("MetadataOptions") or {})
+        tag_specifications(self, "RunInstances")
+        token = self._get_param("ClientToken")
+        if not token:
+            return original(self)
+        backend = self.ec2_backend
+        state = region_state(backend)
+        request = fingerprint(self.params)
+        with state.lock:
+            if token in state.run_tokens:
+                return ActionResult(_same_launch(backend, token, state.run_tokens[token], request))
+            result = original(self)
+            state.run_tokens[token] = request
+        return result
+
+    return handler
+
+
+def _same_launch(backend: Any, token: str, first_request: str, request: str) -> Any:
+    """API_RunInstances.html, ClientToken (ec2 "Ensuring idempotency"): a retried launch returns
+    the first launch's reservation; the same token with other parameters is
+    ``IdempotentParameterMismatch``."""
+    if first_request != request:
+        refuse(
+            "IdempotentParameterMismatch",
+            "The client token was already used with different request parameters",
+        )
+    for reservation in backend.reservations.values():
+        if any(i.client_token == token for i in reservation.instances):
+            return reservation
+    refuse("IdempotentParameterMismatch", f"No launch is left for client token {token}")
