@@ -101,7 +101,8 @@ class PublishSettings:
     public_snapshots: bool = False
     # SSM parameter holding the latest AMI id per region; empty disables.
     ssm_parameter: str = "/fedimg/{release}/{subvariant}/{arch}/latest"
-    # Days after the AMI's creation (in each region) at which it is deprecated; 0 disables.
+    # Days after the AMI's creation (in each region) at which it is deprecated; 0: fedimg sets
+    # none (AWS still deprecates public AMIs two years after creation by default).
     deprecate_after_days: int = MAX_DEPRECATION_DAYS
 
 

@@ -30,7 +30,7 @@ def snapshot(url: str) -> str:
 
 def attribute(client: Any, ami: str, name: str) -> Any:
     key = name[0].upper() + name[1:]
-    return client.describe_image_attribute(ImageId=ami, Attribute=name)[key].get("Value")
+    return client.describe_image_attribute(ImageId=ami, Attribute=name).get(key, {}).get("Value")
 
 
 def test_register_makes_the_ami_fedora_needs(settings: Settings, aws: str) -> None:

@@ -55,6 +55,14 @@ def public_address(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
     return SshTarget(str(host), 22, pkey)
 
 
+def metadata_options(settings: Settings) -> dict[str, Any]:
+    """The test instance's metadata service as the AMI's users get it: an AMI registered with
+    ImdsSupport v2.0 launches with tokens required and a hop limit of 2 (RegisterImage docs)."""
+    if settings.image.imds_v2:
+        return {"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": 2}
+    return {"HttpEndpoint": "enabled", "HttpTokens": "optional"}
+
+
 class _ImageFault(FedimgError):
     """The image, not the infrastructure, failed the test."""
 
@@ -186,7 +194,7 @@ class _TestRun:
             MinCount=1,
             MaxCount=1,
             ClientToken=self.name,
-            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            MetadataOptions=metadata_options(self.settings),  # type: ignore[arg-type]
             TagSpecifications=self._spec("instance") + self._spec("volume"),
         )["Instances"][0]["InstanceId"]
         log.info("%s: test instance %s", self.subject.ami, self.instance_id)

@@ -1,5 +1,10 @@
-"""An AMI becomes available to the world: launch permission, snapshot permission, the SSM
-"latest" parameter, and a deprecation time."""
+"""An AMI becomes available to the world: launch permission, optionally snapshot permission, the
+SSM "latest" parameter, and a deprecation time — each read back from AWS before it counts.
+
+Before making anything public in a region, the account's block-public-access settings there are
+read: a setting that would refuse the configured publishing fails that region with an error that
+names the setting and the command that changes it, and nothing is made public.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from botocore.parsers import ResponseParserError
 
+from fedimg.aws import limits
 from fedimg.aws.clients import Clients, error_code, translate
+from fedimg.aws.wait import wait_until
 from fedimg.composeid import is_newer
-from fedimg.config import Settings
-from fedimg.errors import AwsError
+from fedimg.config import PublishSettings, Settings
+from fedimg.errors import AwsError, InputError, TransientError
 from fedimg.identity import TAG_COMPOSE, ImageIdentity, tags_of
 
 if TYPE_CHECKING:
@@ -23,18 +29,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+UNBLOCKED = "unblocked"
+# PutParameter with DataType aws:ec2:image returns before AWS has validated the AMI id; until then
+# GetParameter returns the previous value. Validation takes seconds; this bounds the wait.
+SSM_CONFIRM_SECONDS = 120.0
+# EnableImageDeprecation refuses a time in the past; an AMI older than deprecate_after_days (a
+# late re-run) is deprecated this soon instead.
+DEPRECATION_MARGIN = dt.timedelta(minutes=2)
+
 
 @dataclass(frozen=True)
 class Published:
     region: str
     ami: str
-    snapshots: tuple[str, ...]
+    snapshots: tuple[str, ...]  # the AMI's snapshots (public only with publish.public_snapshots)
     ssm_parameter: str  # "" when none was written
-    deprecate_at: str  # ISO time, "" when not set
+    deprecate_at: str  # "YYYY-MM-DDTHH:MM:SSZ" as AWS holds it, "" when not set
 
 
-def _launch_permission(settings: Settings) -> list[dict[str, str]]:
-    p = settings.publish
+def _launch_permission(p: PublishSettings) -> list[dict[str, str]]:
     if p.public:
         return [{"Group": "all"}]
     return (
@@ -55,20 +68,23 @@ def publish_image(
 ) -> Published:
     """Makes ``ami`` public (or shared as configured). Safe to re-run: every step sets a state."""
     ec2 = clients.ec2(region)
+    p = settings.publish
     what = f"publishing {ami} in {region}"
     try:
-        perms = _launch_permission(settings)
-        if perms:
-            ec2.modify_image_attribute(
-                ImageId=ami,
-                Attribute="launchPermission",
-                LaunchPermission={"Add": perms},  # type: ignore[typeddict-item]
-            )
-        snapshots = _snapshots_of(ec2, ami)
+        image = _describe(ec2, ami)
+        make_public = p.public and not image.get("Public", False)
+        snapshots = _snapshots_of(image)
+        check_block_public_access(
+            ec2, region, images=make_public, snapshots=p.public_snapshots and bool(snapshots)
+        )
+        perms = _launch_permission(p)
+        if perms and (make_public or not p.public):
+            # LaunchPermission alone names the attribute: one attribute per call.
+            ec2.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": perms})  # type: ignore[typeddict-item]
         for snap in snapshots:
-            _share_snapshot(ec2, settings, snap)
-        deprecate_at = _deprecate(ec2, settings, ami, now or dt.datetime.now(dt.UTC))
-        parameter = _update_latest(clients.ssm(region), ec2, settings, identity, ami)
+            _share_snapshot(ec2, p, snap)
+        deprecate_at = _deprecate(ec2, settings, image, now or dt.datetime.now(dt.UTC))
+        parameter = _update_latest(clients.ssm(region), ec2, settings, identity, ami, region)
     except (ClientError, BotoCoreError) as e:
         if error_code(e) == "ResourceLimitExceeded":
             raise AwsError(
@@ -80,26 +96,76 @@ def publish_image(
     return Published(region, ami, tuple(snapshots), parameter, deprecate_at)
 
 
-def _snapshots_of(ec2: EC2Client, ami: str) -> list[str]:
+def check_block_public_access(
+    ec2: EC2Client, region: str, *, images: bool, snapshots: bool
+) -> None:
+    """Fails when the account's block public access would refuse what is about to be public."""
+    if images:
+        r = ec2.get_image_block_public_access_state()
+        state = r.get("ImageBlockPublicAccessState", UNBLOCKED)
+        if state != UNBLOCKED:
+            raise _blocked(
+                "AMIs",
+                state,
+                r.get("ManagedBy", ""),
+                f"aws ec2 disable-image-block-public-access --region {region}",
+                "publish.public = false to share with accounts instead",
+            )
+    if snapshots:
+        r2 = ec2.get_snapshot_block_public_access_state()
+        state = r2.get("State", UNBLOCKED)
+        if state != UNBLOCKED:
+            raise _blocked(
+                "snapshots",
+                state,
+                r2.get("ManagedBy", ""),
+                f"aws ec2 disable-snapshot-block-public-access --region {region}",
+                "publish.public_snapshots = false (public AMIs do not need public snapshots)",
+            )
+
+
+def _blocked(kind: str, state: str, managed_by: str, command: str, instead: str) -> AwsError:
+    if managed_by == "declarative-policy":
+        how = "it is set by an AWS Organizations declarative policy, which must change"
+    else:
+        how = f"allow it with `{command}`"
+    return AwsError(
+        f"block public access for {kind} is {state} in this account and region, so fedimg "
+        f"cannot make them public: {how}, or set {instead}",
+        retryable=False,
+    )
+
+
+def _describe(ec2: EC2Client, ami: str) -> dict[str, Any]:
     images = ec2.describe_images(ImageIds=[ami])["Images"]
     if not images:
-        return []
+        raise AwsError(f"{ami}: not found", retryable=True)
+    return dict(images[0])
+
+
+def _snapshots_of(image: dict[str, Any]) -> list[str]:
     return [
         m["Ebs"]["SnapshotId"]
-        for m in images[0].get("BlockDeviceMappings", [])
+        for m in image.get("BlockDeviceMappings", [])
         if "Ebs" in m and "SnapshotId" in m["Ebs"]
     ]
 
 
-def _share_snapshot(ec2: EC2Client, settings: Settings, snapshot: str) -> None:
-    p = settings.publish
+def _share_snapshot(ec2: EC2Client, p: PublishSettings, snapshot: str) -> None:
     kwargs: dict[str, Any] = {}
-    if p.public:
+    if p.public and p.public_snapshots:
+        snaps = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
+        if snaps and snaps[0].get("Encrypted"):
+            raise AwsError(
+                f"snapshot {snapshot} is encrypted and AWS cannot make encrypted snapshots "
+                "public: set publish.public_snapshots = false",
+                retryable=False,
+            )
         kwargs["GroupNames"] = ["all"]
-    elif p.user_ids:
+    elif not p.public and p.user_ids:
         kwargs["UserIds"] = list(p.user_ids)
     else:
-        return  # organizations get volume permission through the AMI's launch permission
+        return  # launching an AMI needs no access to its snapshot
     ec2.modify_snapshot_attribute(
         SnapshotId=snapshot,
         Attribute="createVolumePermission",
@@ -108,52 +174,101 @@ def _share_snapshot(ec2: EC2Client, settings: Settings, snapshot: str) -> None:
     )
 
 
-def _deprecate(ec2: EC2Client, settings: Settings, ami: str, now: dt.datetime) -> str:
+def _deprecate(ec2: EC2Client, settings: Settings, image: dict[str, Any], now: dt.datetime) -> str:
+    """Sets the deprecation time ``deprecate_after_days`` after the AMI's CreationDate (AWS's
+    own clock: the two-year limit for public AMIs counts from it) and reads it back."""
     days = settings.publish.deprecate_after_days
     if not days:
         return ""
-    when = (now + dt.timedelta(days=days)).replace(second=0, microsecond=0)
-    try:
-        ec2.enable_image_deprecation(ImageId=ami, DeprecateAt=when)
-    except (ClientError, BotoCoreError, ResponseParserError) as e:
-        # The local stand-in (moto) answers an HTML 500 page; real AWS implements it. A missing
-        # deprecation time is not worth failing a release for.
-        reason = str(e).splitlines()[0][:120]
-        log.warning("%s: deprecation time not set: %s: %s", ami, type(e).__name__, reason)
-        return ""
-    return when.isoformat()
+    ami = image["ImageId"]
+    created = _aws_time(image["CreationDate"])
+    when = limits.deprecation_time(created, days, public=settings.publish.public)
+    earliest = (now + DEPRECATION_MARGIN).replace(second=0, microsecond=0)
+    if when < earliest:
+        log.warning(
+            "%s: created %s, older than %d days: deprecated at %s", ami, created, days, earliest
+        )
+        when = earliest
+    if image.get("DeprecationTime") and _aws_time(image["DeprecationTime"]) == when:
+        return _iso(when)
+    ec2.enable_image_deprecation(ImageId=ami, DeprecateAt=when)
+    held = _describe(ec2, ami).get("DeprecationTime", "")
+    if not held or _aws_time(held) != when:
+        raise AwsError(
+            f"{ami}: EnableImageDeprecation to {_iso(when)} succeeded but the AMI's "
+            f"DeprecationTime reads {held or 'nothing'}",
+            retryable=True,
+        )
+    return _iso(when)
 
 
-def ssm_name(settings: Settings, identity: ImageIdentity) -> str:
-    return settings.publish.ssm_parameter.format(
+def _aws_time(text: str) -> dt.datetime:
+    """AWS's ISO 8601 times ("2025-01-01T12:00:00.000Z") as aware datetimes."""
+    when = dt.datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ssm_name(settings: Settings, identity: ImageIdentity, region: str) -> str:
+    name = settings.publish.ssm_parameter.format(
         release=identity.release or "unknown",
         subvariant=identity.subvariant or "unknown",
         arch=identity.arch,
         image_name=identity.image_name,
     )
+    problem = limits.ssm_name_problem(name, region)
+    if problem:
+        raise InputError(problem)
+    return name
 
 
 def _update_latest(
-    ssm: SSMClient, ec2: EC2Client, settings: Settings, identity: ImageIdentity, ami: str
+    ssm: SSMClient,
+    ec2: EC2Client,
+    settings: Settings,
+    identity: ImageIdentity,
+    ami: str,
+    region: str,
 ) -> str:
     """Points the "latest" parameter at ``ami`` unless it already names an AMI of a newer compose
-    (re-running an old compose must not turn "latest" back)."""
+    (re-running an old compose must not turn "latest" back), and waits until AWS holds it."""
     if not settings.publish.ssm_parameter:
         return ""
-    name = ssm_name(settings, identity)
-    try:
-        current = ssm.get_parameter(Name=name)["Parameter"].get("Value", "")
-    except ClientError as e:
-        if error_code(e) != "ParameterNotFound":
-            raise
-        current = ""
+    name = ssm_name(settings, identity, region)
+    current = _parameter_value(ssm, name)
     if current == ami:
         return name
     if current and identity.compose_id and is_newer(_compose_of(ec2, current), identity.compose_id):
         log.info("%s: %s already names a newer compose's AMI %s", ami, name, current)
         return name
     ssm.put_parameter(Name=name, Value=ami, Type="String", DataType="aws:ec2:image", Overwrite=True)
+    try:
+        wait_until(
+            f"SSM parameter {name}",
+            lambda: _parameter_value(ssm, name),
+            done=ami,
+            failed=(),
+            deadline_s=SSM_CONFIRM_SECONDS,
+        )
+    except TransientError as e:
+        raise AwsError(
+            f"SSM parameter {name} does not name {ami} {SSM_CONFIRM_SECONDS:.0f} s after "
+            f"PutParameter: AWS's aws:ec2:image validation did not accept it ({e})",
+            retryable=True,
+        ) from e
     return name
+
+
+def _parameter_value(ssm: SSMClient, name: str) -> str:
+    try:
+        return ssm.get_parameter(Name=name)["Parameter"].get("Value", "")
+    except ClientError as e:
+        if error_code(e) != "ParameterNotFound":
+            raise
+        return ""
 
 
 def _compose_of(ec2: EC2Client, ami: str) -> str:
