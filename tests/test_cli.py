@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedimg.boot.sample import corrupt_variants, sample_image_xz
+from fedimg.samplecompose import serve_directory
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "composes"
 DRY_RUN_KEYS = {"path", "arch", "subvariant", "type", "sha256", "size"}
@@ -48,7 +49,7 @@ def test_compose_dry_run_of_a_missing_compose_is_one_line() -> None:
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("fedimg: error:")
 
 
-def test_test_image_json(build_dir: Path) -> None:
+def test_test_image_json(build_dir: Path, tmp_path: Path) -> None:
     r = fedimg(
         "test-image",
         str(sample_image_xz(build_dir)),
@@ -56,12 +57,90 @@ def test_test_image_json(build_dir: Path) -> None:
         "bios",
         "--sample-checks",
         "--json",
+        env={"TMPDIR": str(tmp_path)},
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out) >= TEST_IMAGE_KEYS
     assert out["firmware"] == "bios" and out["outcome"] == "PASSED"
     assert {"name", "outcome", "output"} <= set(out["checks"][0])
+    # A pass leaves nothing behind: no work folder, no logs.
+    assert out["serial_log"] == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def truncated_xz(build_dir: Path, where: Path) -> Path:
+    cut = where / "cut.raw.xz"
+    cut.write_bytes(sample_image_xz(build_dir).read_bytes()[:-4096])
+    return cut
+
+
+def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
+    """The one error line, last on stderr (after any progress log lines)."""
+    lines = r.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("fedimg: error: ")]
+    assert errors == lines[-1:], r.stderr
+    return errors[0]
+
+
+def test_test_image_of_a_truncated_xz_is_one_error_line(build_dir: Path, tmp_path: Path) -> None:
+    work = tmp_path / "tmp"
+    work.mkdir()
+    cut = truncated_xz(build_dir, tmp_path)
+
+    r = fedimg("test-image", str(cut), "--json", env={"TMPDIR": str(work)})
+
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert f"{cut}: not a valid xz file" in one_error_line(r)
+    assert list(work.iterdir()) == []
+
+
+def test_test_image_reads_a_url_as_a_url(build_dir: Path, tmp_path: Path) -> None:
+    # A truncated image fails while downloading, before QEMU: the URL reached the server intact.
+    truncated_xz(build_dir, tmp_path)
+    with serve_directory(tmp_path) as base:
+        r = fedimg("test-image", f"{base}/cut.raw.xz", "--json")
+
+    assert r.returncode == 1
+    assert f"{base}/cut.raw.xz" in one_error_line(r) and "xz" in r.stderr
+
+
+def test_upload_of_a_missing_file_says_so_first(tmp_path: Path) -> None:
+    r = fedimg("upload", str(tmp_path / "Fedora-Cloud-Base.img"))
+
+    assert r.returncode == 1
+    assert one_error_line(r) == f"fedimg: error: {tmp_path}/Fedora-Cloud-Base.img: no such file"
+
+
+def test_results_without_a_resultsdb_url_is_one_error_line() -> None:
+    r = fedimg("results", "Fedora-41-20241024.0", env={"FEDIMG_CONFIG": ""})
+
+    assert r.returncode == 2
+    assert "resultsdb.url is not set" in one_error_line(r)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_is_accepted_before_and_after_the_command(where: str, tmp_path: Path) -> None:
+    cfg = tmp_path / "fedimg.toml"
+    cfg.write_text('[aws]\nbase_region = "eu-west-1"\nregions = ["eu-west-1"]\n')
+    option = ["--config", str(cfg)]
+    args = [*option, "check-config"] if where == "before" else ["check-config", *option]
+
+    r = fedimg(*args)
+
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["aws"]["base_region"] == "eu-west-1"
+
+
+def test_the_example_configuration_shows_exactly_the_defaults() -> None:
+    example = FIXTURES.parent.parent.parent / "fedimg.example.toml"
+
+    shown = fedimg("check-config", "--config", str(example))
+    defaults = fedimg("check-config", env={"FEDIMG_CONFIG": ""})
+
+    assert shown.returncode == defaults.returncode == 0, shown.stderr + defaults.stderr
+    assert json.loads(shown.stdout) == json.loads(defaults.stdout)
 
 
 def test_test_image_of_a_broken_image_fails(build_dir: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import click
 
 from fedimg import config as config_mod
 from fedimg import logsafety
-from fedimg.errors import ConfigError, FedimgError
+from fedimg.errors import ConfigError, FedimgError, InputError
 from fedimg.events import Event, Sink, fan_out, log_sink
 
 log = logging.getLogger("fedimg")
@@ -51,13 +52,35 @@ def _fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+CONFIG_HELP = "fedimg TOML settings (default: $FEDIMG_CONFIG, else built-in defaults)."
+
+
+def _config_after_command(fn: F) -> F:
+    """Accepts ``--config`` after the command too (``fedimg results X --config f.toml``); given
+    in both places, the later one wins."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        context = ctx.find_object(_Context)  # made by main(), which runs first
+        if value is not None and context is not None:
+            context.config_path = value
+
+    option = click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=remember,
+        help=CONFIG_HELP,
+    )
+    return option(fn)
+
+
 @click.group()
 @click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
     envvar=config_mod.ENV_VAR,
-    help="fedimg TOML settings (default: $FEDIMG_CONFIG, else built-in defaults).",
+    help=CONFIG_HELP,
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for AWS calls).")
 @click.pass_context
@@ -74,6 +97,7 @@ def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 
 
 @main.command()
+@_config_after_command
 @click.argument("image")
 @click.option("--region", help="Base region (default: aws.base_region).")
 @click.option("--arch", type=click.Choice(["x86_64", "aarch64"]), help="Default: from the name.")
@@ -97,6 +121,8 @@ def upload(
     from fedimg.source import image_name_of
     from fedimg.upload import upload_image
 
+    if "://" not in image and not os.path.isfile(image):
+        raise InputError(f"{image}: no such file")
     settings = obj.settings
     if region:
         config_mod.validate(settings.with_aws(base_region=region))
@@ -179,6 +205,7 @@ def _progress(quiet: bool) -> Iterator[Sink]:
 
 
 @main.command()
+@_config_after_command
 @click.argument("location")
 @click.option("--dry-run", is_flag=True, help="Only list the images that would be published.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -215,18 +242,28 @@ def compose(obj: _Context, location: str, dry_run: bool, as_json: bool) -> None:
 
 
 @main.command()
+@_config_after_command
 @click.argument("compose_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 @_fail_cleanly
 def results(obj: _Context, compose_id: str, as_json: bool) -> None:
     """Show fedimg's test results in ResultsDB for COMPOSE_ID."""
-    from fedimg.report import results_command
+    from fedimg.report import EXIT_NOT_CONFIGURED, results_command
 
-    sys.exit(results_command(obj.settings.resultsdb.url, compose_id, as_json))
+    url = obj.settings.resultsdb.url
+    if not url:
+        click.echo(
+            "fedimg: error: resultsdb.url is not set; give ResultsDB's URL in the configuration "
+            f"(--config or ${config_mod.ENV_VAR})",
+            err=True,
+        )
+        sys.exit(EXIT_NOT_CONFIGURED)
+    sys.exit(results_command(url, compose_id, as_json))
 
 
 @main.command("test-image")
+@_config_after_command
 @click.argument("image")
 @click.option(
     "--firmware", type=click.Choice(["bios", "uefi", "both"]), default="both", show_default=True
@@ -241,7 +278,8 @@ def results(obj: _Context, compose_id: str, as_json: bool) -> None:
 def test_image(
     obj: _Context, image: str, firmware: str, user: str, sample_checks: bool, as_json: bool
 ) -> None:
-    """Boot IMAGE (.raw or .raw.xz) under QEMU and run the checks over SSH; never modifies it."""
+    """Boot IMAGE (a .raw or .raw.xz path, or an http(s) URL of a .raw, .raw.xz, .raw.gz or
+    .raw.zst, downloaded first) under QEMU and run the checks over SSH; never modifies it."""
     import dataclasses
 
     from fedimg.boot.qemu import test_image_command
@@ -254,6 +292,7 @@ def test_image(
 
 
 @main.command()
+@_config_after_command
 @click.option("--yes", is_flag=True, help="Remove what is found (default: only report).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
@@ -269,6 +308,7 @@ def gc(obj: _Context, yes: bool, as_json: bool) -> None:
 
 
 @main.command()
+@_config_after_command
 @click.option("--broker", help="AMQP URL: feed the compose message through this broker.")
 @click.pass_obj
 @_fail_cleanly
@@ -280,6 +320,7 @@ def demo(obj: _Context, broker: str | None) -> None:
 
 
 @main.command("check-config")
+@_config_after_command
 @click.pass_obj
 @_fail_cleanly
 def check_config(obj: _Context) -> None:

@@ -242,3 +242,16 @@ def test_truncated_xz_is_an_input_error_and_leaves_nothing_behind(
     with pytest.raises(InputError, match=r"cut\.raw\.xz: not a valid xz file"):
         qemu.test_image_command(str(truncated), "both", config.TestSettings(), USER, as_json=True)
     assert list(work.iterdir()) == []
+
+
+def test_an_image_url_is_downloaded_decompressed_and_removed_after(
+    image: Path, build_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedimg.samplecompose import serve_directory
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    xz = sample.sample_image_xz(build_dir)
+    with serve_directory(xz.parent) as base, qemu._local_image(f"{base}/{xz.name}") as local:
+        assert local.read_bytes() == image.read_bytes()
+        assert local.stat().st_blocks * 512 < local.stat().st_size  # zeros stay holes
+    assert list(tmp_path.iterdir()) == []
