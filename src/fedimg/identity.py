@@ -3,6 +3,11 @@
 AWS resource tags are fedimg's state. Every snapshot, AMI and test resource carries
 ``fedimg:image-key`` (derived from the image's name and published checksum), so a re-run finds what
 an earlier, possibly crashed, run made instead of making it again.
+
+The key names the *content*: without the checksum two different files of one name would share a
+key, and one would be published as the other. So an identity without a checksum is provisional:
+``upload_image`` computes the checksum first (one extra read of the file) and works only with a
+complete identity; ``ImageIdentity.complete`` tells which is which.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ class ImageIdentity:
             raise InputError(f"{self.image_name}: unsupported architecture {self.arch!r}")
 
     @property
+    def complete(self) -> bool:
+        """Whether the content is known, so that the key can decide reuse."""
+        return bool(self.sha256)
+
+    @property
     def key(self) -> str:
         """Stable across runs: the same published file always gets the same key."""
         return hashlib.sha256(f"{self.image_name}\0{self.sha256}".encode()).hexdigest()[:32]
@@ -50,18 +60,21 @@ class ImageIdentity:
     def aws_arch(self) -> str:
         return AWS_ARCH[self.arch]
 
-    def tags(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        tags = dict(extra or {})
-        tags.update(
-            {
-                "Name": self.image_name,
-                TAG_MANAGED: "true",
-                TAG_KEY: self.key,
-                TAG_NAME: self.image_name,
-            }
-        )
+    def content_tags(self) -> dict[str, str]:
+        """The tags that depend on the image's content only: every run of it sends the same."""
+        tags = {
+            "Name": self.image_name,
+            TAG_MANAGED: "true",
+            TAG_KEY: self.key,
+            TAG_NAME: self.image_name,
+        }
         if self.sha256:
             tags[TAG_SHA256] = self.sha256
+        return tags
+
+    def tags(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        tags = dict(extra or {})
+        tags.update(self.content_tags())
         if self.compose_id:
             tags[TAG_COMPOSE] = self.compose_id
         return tags

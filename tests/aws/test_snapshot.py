@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import lzma
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from fedimg.aws import snapshot as snapshot_module
 from fedimg.aws.clients import Clients
 from fedimg.aws.snapshot import upload_snapshot_if_not_exists
 from fedimg.config import Settings
@@ -200,29 +204,138 @@ def test_killed_upload_is_resumed_into_the_same_snapshot(
     assert [s["SnapshotId"] for s in our_snapshots(aws)] == [killed]
 
 
-def test_run_killed_while_completing_is_completed_without_the_data(
+def fail_complete_snapshot(session: boto3.session.Session) -> None:
+    """Every CompleteSnapshot of ``session``'s clients answers HTTP 500 (a transient failure)."""
+    from botocore.awsrequest import AWSResponse
+
+    def answer_500(request: Any, **_: Any) -> Any:
+        if "/snapshots/completion/" in request.url:
+            body = b'{"message":"internal error"}'
+            return AWSResponse(
+                request.url, 500, {"x-amzn-ErrorType": "InternalServerException"}, _Raw(body)
+            )
+        return None
+
+    session.events.register("before-send.ebs", answer_500)
+
+
+def test_transient_complete_failure_keeps_the_snapshot_for_the_next_attempt(
+    settings: Settings, image: tuple[Path, list[int]], aws: str
+) -> None:
+    xz, nonzero = image
+    failing = boto3.session.Session()
+    fail_complete_snapshot(failing)
+    with pytest.raises(AwsError) as failed:
+        upload(settings, failing, xz)
+    assert failed.value.retryable
+    (kept,) = our_snapshots(aws)
+    assert tags(kept)["fedimg:state"] == "completing"
+    assert tags(kept)["fedimg:changed-blocks"] == str(len(nonzero))
+
+    again = boto3.session.Session()
+    rec = record(again)
+    result = upload(settings, again, xz)
+    assert result.snapshot_id == kept["SnapshotId"]
+    assert rec.count("PutSnapshotBlock") == 0 and rec.count("CompleteSnapshot") == 1
+    (done,) = our_snapshots(aws)
+    assert done["State"] == "completed" and tags(done)["fedimg:state"] == "uploaded"
+
+
+def tags(snapshot: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
+
+
+def leftover(aws: str, xz: Path, **extra: str) -> str:
+    """A snapshot as another run leaves it while uploading (or after dying), with ``extra`` tags."""
+    identity = ImageIdentity("sparse.x86_64", "x86_64", sha256_file(xz))
+    all_tags = identity.tags() | {"fedimg:state": "uploading"} | extra
+    return str(
+        ebs(aws).start_snapshot(
+            VolumeSize=1, Tags=[{"Key": k, "Value": v} for k, v in all_tags.items()]
+        )["SnapshotId"]
+    )
+
+
+def test_snapshot_of_a_dead_runs_expired_lease_is_taken_over(
     settings: Settings,
     session: boto3.session.Session,
     rec: Recorder,
     image: tuple[Path, list[int]],
     aws: str,
 ) -> None:
-    xz, _ = image
-    identity = ImageIdentity("sparse.x86_64", "x86_64", sha256_file(xz))
-    tags = [{"Key": k, "Value": v} for k, v in identity.tags().items()]
-    state = [
-        {"Key": "fedimg:state", "Value": "completing"},
-        {"Key": "fedimg:changed-blocks", "Value": "12"},
-        {"Key": "fedimg:linear-checksum", "Value": "abc="},
-    ]
-    snap = ebs(aws).start_snapshot(VolumeSize=1, Tags=[*tags, *state])["SnapshotId"]
-    stale = ebs(aws).start_snapshot(
-        VolumeSize=1, Tags=[*tags, {"Key": "fedimg:state", "Value": "uploading"}]
-    )["SnapshotId"]
+    xz, nonzero = image
+    expired = str(int(time.time()) - 1)
+    dead = leftover(aws, xz, **{"fedimg:lease-owner": "dead", "fedimg:lease-until": expired})
     result = upload(settings, session, xz)
-    assert result.snapshot_id == snap and result.reused
-    assert rec.count("PutSnapshotBlock") == 0
-    assert [s["SnapshotId"] for s in our_snapshots(aws)] == [snap]  # the stale one is gone
-    assert stale not in {s["SnapshotId"] for s in our_snapshots(aws)}
-    tags_now = {t["Key"]: t["Value"] for t in our_snapshots(aws)[0]["Tags"]}
-    assert tags_now["fedimg:state"] == "uploaded"
+    assert result.snapshot_id == dead and rec.count("StartSnapshot") == 0
+    assert rec.count("PutSnapshotBlock") == len(nonzero)
+
+
+def test_run_waits_for_a_live_run_and_reuses_its_snapshot(
+    settings: Settings, image: tuple[Path, list[int]], aws: str
+) -> None:
+    """The first run is paused mid-upload; the second finds its live lease, waits, and reuses
+    the result instead of writing or deleting anything."""
+    xz, _ = image
+    first_session, second_session = boto3.session.Session(), boto3.session.Session()
+    paused, resume = threading.Event(), threading.Event()
+
+    def pause_third_block(request: Any, **_: Any) -> None:
+        if "/blocks/" in request.url and not paused.is_set():
+            paused.set()
+            resume.wait(30)
+
+    first_session.events.register("before-send.ebs", pause_third_block)
+    results: list[Any] = []
+    first = threading.Thread(target=lambda: results.append(upload(settings, first_session, xz)))
+    first.start()
+    assert paused.wait(30)
+    second_rec = record(second_session)
+    second = threading.Thread(target=lambda: results.append(upload(settings, second_session, xz)))
+    second.start()
+    time.sleep(1.0)  # the second run is now waiting on the first's lease
+    assert second.is_alive()
+    resume.set()
+    first.join(30)
+    second.join(30)
+    a, b = results
+    assert a.snapshot_id == b.snapshot_id and b.reused
+    assert second_rec.count("PutSnapshotBlock") == 0 and second_rec.count("DeleteSnapshot") == 0
+    assert [s["SnapshotId"] for s in our_snapshots(aws)] == [a.snapshot_id]
+
+
+def test_start_token_is_shared_by_runs_and_new_after_a_dead_snapshot(
+    settings: Settings,
+    session: boto3.session.Session,
+    rec: Recorder,
+    image: tuple[Path, list[int]],
+    aws: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    xz, _ = image
+    good = xz.read_bytes()
+    corrupt = bytearray(good)
+    corrupt[len(corrupt) // 2 : len(corrupt) // 2 + 256] = bytes(256)
+    xz.write_bytes(bytes(corrupt))
+    identity_sha = hashlib.sha256(good).hexdigest()
+    with pytest.raises(InputError):  # permanent: the snapshot is deleted
+        upload(settings, session, xz, sha=identity_sha)
+    assert our_snapshots(aws) == []
+    xz.write_bytes(good)
+    monkeypatch.setattr(snapshot_module, "VISIBLE_DEADLINE_S", 0.5)
+    result = upload(settings, session, xz, sha=identity_sha)
+    first, dead_replay, new = (s["ClientToken"] for s in rec.of("StartSnapshot"))
+    assert dead_replay == first != new  # the same token again finds the dead one; then a new one
+    assert [s["SnapshotId"] for s in our_snapshots(aws)] == [result.snapshot_id]
+
+
+def test_start_snapshot_timeout_is_within_aws_bounds(
+    settings: Settings, session: boto3.session.Session, rec: Recorder, image: tuple[Path, list[int]]
+) -> None:
+    xz, _ = image
+    short = dataclasses.replace(
+        settings, aws=dataclasses.replace(settings.aws, snapshot_timeout_minutes=5)
+    )
+    upload(short, session, xz)
+    (start,) = rec.of("StartSnapshot")
+    assert start["Timeout"] == 10

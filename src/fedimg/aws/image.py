@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fedimg.aws import limits
-from fedimg.aws.clients import Clients, translate
+from fedimg.aws.clients import Clients, error_code, translate
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings
-from fedimg.errors import InputError
-from fedimg.identity import TAG_KEY, TAG_ROLE, ImageIdentity, tag_list
+from fedimg.errors import InputError, TransientError
+from fedimg.identity import TAG_KEY, TAG_ROLE, ImageIdentity, tag_list, tags_of
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
 log = logging.getLogger(__name__)
 
+# An AMI another run just registered may stay unknown to DescribeImages this long.
+NAMED_VISIBLE_DEADLINE_S = 60.0
 ROOT_DEVICE = "/dev/sda1"  # Fedora's choice
 
 
@@ -135,14 +138,42 @@ def register_image_if_not_exists(
         if ami is None:
             volume_gib = volume_gib or _snapshot_size(ec2, snapshot_id)
             params = register_params(settings, identity, snapshot_id, volume_gib, name)
-            ami = ec2.register_image(**params)["ImageId"]
-            log.info("%s: registered %s", identity.image_name, ami)
+            try:
+                ami = ec2.register_image(**params)["ImageId"]
+                log.info("%s: registered %s", identity.image_name, ami)
+            except ClientError as e:
+                if error_code(e) != "InvalidAMIName.Duplicate":
+                    raise
+                # A concurrent run registered it first (names are unique per region): use its AMI.
+                ami, reused = _registered_elsewhere(ec2, identity, name), True
+        if reused:
+            _check_same_image(ec2, ami, identity, what)
         # TagSpecifications are atomic on AWS; re-applying makes stand-ins and crashes converge.
         ec2.create_tags(Resources=[ami], Tags=base_image_tags(settings, identity))
         wait_image_available(ec2, ami, what, settings.aws.wait_seconds)
     except (ClientError, BotoCoreError) as e:
         raise translate(e, what) from e
     return RegisteredImage(ami, region, name, reused)
+
+
+def _registered_elsewhere(ec2: EC2Client, identity: ImageIdentity, name: str) -> str:
+    """The AMI another run registered under ``name``, once visible (eventual consistency)."""
+    end = time.monotonic() + NAMED_VISIBLE_DEADLINE_S
+    while (ami := find_image(ec2, identity, name)) is None:
+        if time.monotonic() > end:
+            raise TransientError(f"AMI {name}: taken, but not visible yet")
+        time.sleep(0.5)
+    return ami
+
+
+def _check_same_image(ec2: EC2Client, ami: str, identity: ImageIdentity, what: str) -> None:
+    """An AMI found by name is reused only if it is of this image's content."""
+    images = ec2.describe_images(ImageIds=[ami])["Images"]
+    key = tags_of(images[0]).get(TAG_KEY, "") if images else ""
+    if key and key != identity.key:
+        raise InputError(
+            f"{what}: the name is taken by {ami}, an AMI of other content; choose another name"
+        )
 
 
 def wait_image_available(ec2: EC2Client, ami: str, what: str, deadline_s: float) -> None:

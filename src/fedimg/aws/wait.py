@@ -2,7 +2,9 @@
 
 Not a retry layer: requests are retried only by botocore (see clients.py). This polls *state*
 (snapshot completed, image available) that AWS reaches eventually, and demands several good reads
-in a row because describe calls are eventually consistent and can flip back.
+in a row because describe calls are eventually consistent and can flip back. For the same reason
+a resource just created may be unknown for a while: ``NotFound`` within ``unknown_grace_s`` of the
+start is read as "not there yet", not as an error.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from botocore.exceptions import ClientError
+
+from fedimg.aws.clients import error_code
 from fedimg.errors import AwsError, TransientError
 
 # Poll quickly at first (small snapshots and AMIs are ready at once), back off to 15 s for long
@@ -17,6 +22,7 @@ from fedimg.errors import AwsError, TransientError
 FIRST_INTERVAL = 0.05
 MAX_INTERVAL = 15.0
 GOOD_READS = 2
+UNKNOWN_GRACE_S = 60.0
 
 
 def wait_until(
@@ -27,18 +33,26 @@ def wait_until(
     failed: tuple[str, ...] = ("failed", "error"),
     deadline_s: float,
     good_reads: int = GOOD_READS,
+    unknown_grace_s: float = UNKNOWN_GRACE_S,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Polls ``probe`` (returning a state) until it returns ``done`` ``good_reads`` times in a row.
 
     A state in ``failed`` raises a non-retryable AwsError; passing the deadline a TransientError.
     """
-    end = time.monotonic() + deadline_s
+    start = time.monotonic()
+    end = start + deadline_s
     interval = FIRST_INTERVAL
     streak = 0
     state = ""
     while time.monotonic() < end:
-        state = probe()
+        try:
+            state = probe()
+        except ClientError as e:
+            new = time.monotonic() < start + unknown_grace_s
+            if not (new and error_code(e).endswith(".NotFound")):
+                raise
+            state = ""
         if state in failed:
             raise AwsError(f"{what}: state {state}", retryable=False)
         streak = streak + 1 if state == done else 0
