@@ -9,10 +9,14 @@ the real HTTP path, and a seeded fraction of their requests is answered by the p
   REST-JSON (``/snapshots…``, EBS direct) header ``x-amzn-ErrorType: ThrottlingException``,
   otherwise EC2 query XML ``<Response><Errors><Error><Code>RequestLimitExceeded``;
 - ``reset``: the connection is reset (RST) without an answer;
-- ``slow``: the request is forwarded after a delay (``slow_delay``), which can exceed a client's
-  read timeout.
+- ``slow``: the proxy holds the request for a delay (``slow_delay``), watching the client: if
+  the client hangs up first (its read timeout *tripped*: counted as ``slow_tripped``), nothing
+  is forwarded; otherwise the request is forwarded late;
+- ``cut`` (only when asked for, not in the default ``KINDS``): the request is forwarded, so the
+  server acts on it, then the answer is cut by a reset half-way through its body: the client
+  cannot know whether its request took effect.
 
-All four are retried by botocore's standard mode. With ``spare_last_attempt`` (default) the
+All are retried by botocore's standard mode. With ``spare_last_attempt`` (default) the
 proxy never faults an attempt the client has announced as its last (``amz-sdk-request:
 attempt=N; max=N``): faults only hit requests the client will retry, so a soak test can demand
 that every call succeeds without being flaky. Turn it off to see a call fail.
@@ -22,7 +26,9 @@ invocation (botocore sends the same ``amz-sdk-invocation-id`` on every attempt o
 so a test can assert there is one retry layer only: attempts per call ≤ ``aws.max_attempts``.
 
 Request bodies are read whole (up to ``MAX_BODY``), upstream responses too, and sent back with a
-Content-Length. ``/moto-api/…`` (the stand-in's control calls) is never faulted.
+Content-Length. ``/moto-api/…`` (the stand-in's control calls) is never faulted. ``methods``
+limits faults to some HTTP methods and ``max_faults`` to a number; requests are counted per
+method, so the proxy also serves non-AWS clients (ResultsDB) as the server-side counter.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ import http.client
 import json
 import logging
 import random
+import select
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -45,6 +53,7 @@ from urllib.parse import urlsplit
 log = logging.getLogger(__name__)
 
 KINDS = ("500", "503", "reset", "slow")
+ALL_KINDS = (*KINDS, "cut")
 MAX_BODY = 8 * 1024 * 1024  # PutSnapshotBlock sends 512 KiB
 SLOW_DELAY = (0.5, 2.0)  # seconds: short enough for fast tests, long enough to trip a 1 s timeout
 UPSTREAM_TIMEOUT = 60.0
@@ -78,10 +87,12 @@ class FaultProxy:
         kinds: Sequence[str] = KINDS,
         spare_last_attempt: bool = True,
         slow_delay: tuple[float, float] = SLOW_DELAY,
+        methods: Collection[str] = (),
+        max_faults: int | None = None,
     ) -> None:
-        unknown = set(kinds) - set(KINDS)
+        unknown = set(kinds) - set(ALL_KINDS)
         if unknown or not kinds:
-            raise ValueError(f"kinds: choose from {', '.join(KINDS)}; got {sorted(kinds)}")
+            raise ValueError(f"kinds: choose from {', '.join(ALL_KINDS)}; got {sorted(kinds)}")
         up = urlsplit(upstream_url)
         if up.scheme != "http" or not up.hostname:
             raise ValueError(f"upstream_url: need http://host:port, got {upstream_url!r}")
@@ -89,6 +100,8 @@ class FaultProxy:
         self.kinds = tuple(kinds)
         self.spare_last_attempt = spare_last_attempt
         self.slow_delay = slow_delay
+        self.methods = frozenset(m.upper() for m in methods)
+        self.max_faults = max_faults
         self._rate = 0.0
         self.set_rate(rate)
         self._rng = random.Random(seed)
@@ -99,6 +112,8 @@ class FaultProxy:
         self._upstream_errors = 0
         self._connections = 0
         self._faults: Counter[str] = Counter()
+        self._slow_tripped = 0
+        self._methods: Counter[str] = Counter()
         self._attempts: Counter[str] = Counter()
         self._stopping = threading.Event()
         self._open: set[socket.socket] = set()
@@ -122,8 +137,10 @@ class FaultProxy:
             return {
                 "requests": self._requests,
                 "forwarded": self._forwarded,
-                "faults": {k: self._faults[k] for k in KINDS},
+                "faults": {k: self._faults[k] for k in self.kinds},
                 "faulted": sum(self._faults.values()),
+                "slow_tripped": self._slow_tripped,
+                "methods": dict(self._methods),
                 "spared_last_attempts": self._spared,
                 "upstream_errors": self._upstream_errors,
                 "connections": self._connections,
@@ -166,12 +183,13 @@ class FaultProxy:
         with self._lock:
             self._open.discard(sock)
 
-    def _decide(self, path: str, headers: Any) -> tuple[str, float]:
+    def _decide(self, method: str, path: str, headers: Any) -> tuple[str, float]:
         """("", 0) to forward untouched, else the fault's kind and (for slow) its delay."""
         invocation = headers.get("amz-sdk-invocation-id", "")
         attempt, most = _attempt_header(headers.get("amz-sdk-request", ""))
         with self._lock:
             self._requests += 1
+            self._methods[method] += 1
             if invocation:
                 self._attempts[invocation] += 1
             if path.startswith("/moto-api"):
@@ -180,13 +198,19 @@ class FaultProxy:
             hit = self._rng.random() < self._rate
             kind = self._rng.choice(self.kinds)
             delay = self._rng.uniform(*self.slow_delay)
-            if not hit:
+            if not hit or (self.methods and method not in self.methods):
+                return "", 0.0
+            if self.max_faults is not None and sum(self._faults.values()) >= self.max_faults:
                 return "", 0.0
             if self.spare_last_attempt and most and attempt >= most:
                 self._spared += 1
                 return "", 0.0
             self._faults[kind] += 1
             return kind, delay if kind == "slow" else 0.0
+
+    def _count_tripped(self) -> None:
+        with self._lock:
+            self._slow_tripped += 1
 
     def _count_forwarded(self, ok: bool) -> None:
         with self._lock:
@@ -277,15 +301,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(413, {}, b"request body too large")
                 self.close_connection = True
                 return
-            kind, delay = proxy._decide(self.path, self.headers)
+            kind, delay = proxy._decide(self.command, self.path, self.headers)
             if kind == "reset":
                 self._reset()
                 return
             if kind in ("500", "503"):
                 self._send(*error_response(kind, self.path, self.headers))
                 return
-            if kind == "slow" and proxy._stopping.wait(delay):
+            if kind == "slow" and self._hung_up_within(delay):
                 self._reset()
+                return
+            if kind == "cut":
+                self._send(*self._forward(body), cut=True)
                 return
             self._send(*self._forward(body))
         except OSError:  # the client went away (e.g. its read timeout during a slow answer)
@@ -338,7 +365,27 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Length"] = str(resp.getheader("Content-Length"))
         return resp.status, headers, data
 
-    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    def _hung_up_within(self, seconds: float) -> bool:
+        """Holds the request for ``seconds``; True (and counted) if the client hangs up first."""
+        proxy = self.server.proxy
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if proxy._stopping.is_set():
+                return True
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+            if not readable:
+                continue
+            try:
+                gone = self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:  # reset by the client
+                gone = True
+            if gone:
+                proxy._count_tripped()
+                return True
+            return False  # the client sent more (not HTTP/1.1 as we know it): stop holding
+        return False
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes, cut: bool = False) -> None:
         self.send_response_only(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -347,6 +394,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
+        if cut:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self._reset()
+            return
         if self.command != "HEAD":
             self.wfile.write(body)
         self.wfile.flush()
@@ -367,6 +419,8 @@ def fault_proxy(
     kinds: Sequence[str] = KINDS,
     spare_last_attempt: bool = True,
     slow_delay: tuple[float, float] = SLOW_DELAY,
+    methods: Collection[str] = (),
+    max_faults: int | None = None,
 ) -> Iterator[FaultProxy]:
     """A running FaultProxy in front of ``upstream_url``; yields it (``.url`` is where to point)."""
     proxy = FaultProxy(
@@ -376,6 +430,8 @@ def fault_proxy(
         kinds=kinds,
         spare_last_attempt=spare_last_attempt,
         slow_delay=slow_delay,
+        methods=methods,
+        max_faults=max_faults,
     )
     proxy.start()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -118,6 +119,13 @@ def test_all_faulted_fails_clearly_after_exactly_max_attempts(
             ec2.describe_images()
         assert list(proxy.attempts().values()) == [2]
         assert proxy.stats()["faults"][kind] == 2
+        # A slow fault outlasting the read timeout is seen to trip it: the client hung up (the
+        # proxy notices the last hang-up within its 50 ms poll, hence the short wait).
+        tripped = 2 if kind == "slow" else 0
+        deadline = time.monotonic() + 2
+        while proxy.stats()["slow_tripped"] < tripped and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proxy.stats()["slow_tripped"] == tripped
     if code:
         assert isinstance(caught.value, ClientError)
         assert caught.value.response["Error"]["Code"] == code
@@ -179,3 +187,30 @@ def test_fedimg_clients_make_at_most_max_attempts(settings: Settings, aws: str) 
         with pytest.raises(ClientError):
             clients.ec2("us-east-1").describe_images()
         assert proxy.max_attempts_per_invocation() == settings.aws.max_attempts
+
+
+def test_a_slow_answer_within_the_read_timeout_is_forwarded_late_not_tripped(aws: str) -> None:
+    with fault_proxy(
+        aws, rate=1.0, kinds=("slow",), spare_last_attempt=False, slow_delay=(0.2, 0.2)
+    ) as proxy:
+        client("ec2", proxy.url, attempts=1, read_timeout=2.0).describe_images()
+        stats = proxy.stats()
+    assert stats["faults"]["slow"] == 1
+    assert stats["slow_tripped"] == 0
+    assert stats["forwarded"] == 1
+
+
+def test_a_cut_answer_reaches_the_server_but_not_the_client(aws: str) -> None:
+    with fault_proxy(
+        aws, rate=1.0, kinds=("cut",), methods={"POST"}, max_faults=1, spare_last_attempt=False
+    ) as proxy:
+        ec2 = client("ec2", proxy.url, attempts=1)
+        with pytest.raises(ConnectionClosedError):
+            ec2.create_key_pair(KeyName="fedimg-cut")
+        ec2.describe_key_pairs()  # max_faults: only the first POST is faulted
+        stats = proxy.stats()
+    assert stats["faults"]["cut"] == 1
+    assert stats["methods"] == {"POST": 2}
+    # The server acted on the request whose answer was lost.
+    [pair] = client("ec2", aws).describe_key_pairs()["KeyPairs"]
+    assert pair["KeyName"] == "fedimg-cut"

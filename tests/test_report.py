@@ -16,7 +16,7 @@ from rich.console import Console
 
 from fedimg import report
 from fedimg.config import ResultsDBSettings
-from fedimg.errors import TransientError
+from fedimg.errors import InputError, TransientError
 from fedimg.events import Event
 from fedimg.report import (
     TESTCASE_AMI_BOOT,
@@ -250,9 +250,11 @@ def test_reporting_is_off_without_a_url() -> None:
     assert quiet.report(boot_report()) is False
 
 
-def test_an_unknown_outcome_is_a_programming_error() -> None:
-    with pytest.raises(ValueError, match="outcome"):
+def test_an_unknown_outcome_or_no_testcase_is_refused() -> None:
+    with pytest.raises(InputError, match="outcome"):
         boot_report(outcome="GREAT")
+    with pytest.raises(InputError, match="testcase"):
+        boot_report(testcase="")
 
 
 def test_compose_ref_from_id_reads_release_and_compose_type() -> None:
@@ -260,8 +262,10 @@ def test_compose_ref_from_id_reads_release_and_compose_type() -> None:
     assert (nightly.release_short, nightly.release_version) == ("Fedora", "Rawhide")
     assert (nightly.date, nightly.type, nightly.respin) == ("20240501", "nightly", 2)
     assert ComposeRef.from_composeinfo(nightly.as_composeinfo()) == nightly
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="no date"):
         ComposeRef.from_id("not-a-compose")
+    with pytest.raises(InputError, match="Unknown compose type"):
+        ComposeRef.from_id("Fedora-41-20241020.x.0")
 
 
 def test_the_event_sink_reports_events_carrying_a_test_report(rdb: str) -> None:

@@ -40,7 +40,7 @@ from rich.table import Table
 from urllib3.util.retry import Retry
 
 from fedimg.config import ResultsDBSettings
-from fedimg.errors import TransientError
+from fedimg.errors import InputError, TransientError
 from fedimg.events import Event, Sink
 
 log = logging.getLogger(__name__)
@@ -139,11 +139,14 @@ class ComposeRef:
     def from_id(cls, compose_id: str, release_name: str = "Fedora") -> ComposeRef:
         """From an id such as ``Fedora-Cloud-41-20241020.0``, when composeinfo is not at hand.
 
-        Raises ValueError for an id without the date, type and respin productmd expects.
+        Raises InputError for an id without the date, type and respin productmd expects.
         """
-        date, compose_type, respin = productmd.composeinfo.get_date_type_respin(compose_id)
+        try:
+            date, compose_type, respin = productmd.composeinfo.get_date_type_respin(compose_id)
+        except ValueError as e:  # productmd: an unknown compose type suffix
+            raise InputError(f"compose id {compose_id!r}: {e}") from None
         if date is None:
-            raise ValueError(f"compose id {compose_id!r} has no date")
+            raise InputError(f"compose id {compose_id!r} has no date")
         # {short}-{version}-{date}…: the short name may itself contain dashes.
         release_id = compose_id[: compose_id.index(date)].rstrip("-")
         short, _, version = release_id.rpartition("-")
@@ -195,9 +198,9 @@ class TestReport:
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
-            raise ValueError(f"outcome {self.outcome!r}: must be one of {', '.join(OUTCOMES)}")
+            raise InputError(f"outcome {self.outcome!r}: must be one of {', '.join(OUTCOMES)}")
         if not self.testcase:
-            raise ValueError("testcase: must not be empty")
+            raise InputError("testcase: must not be empty")
 
 
 # --- posting ----------------------------------------------------------------------------------
