@@ -366,3 +366,26 @@ def test_the_consumer_still_works_after_the_corpus(
     url = f"{base}/{location.relative_to(root).as_posix()}"
     consumer(Message(topic=TOPIC, body=compose_message(SAMPLE_COMPOSE_ID, url)))
     assert consumer.outcomes[-1].ok
+
+
+def test_an_image_type_productmd_does_not_know_does_not_stop_the_compose(
+    served: tuple[Path, str],
+    good_xz: Path,
+    consumer: Consumer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pungi lists image types before productmd knows them: such an entry is skipped with a
+    warning, and the EC2 image next to it is published."""
+    root, base = served
+    location = build_sample_compose(root / "new-type", good_xz)
+    data, entry = ec2_entry(location)
+    newcomer = {**entry, "type": "raw-zst", "format": "raw.zst"}
+    newcomer["path"] = entry["path"].replace(".raw.xz", ".raw.zst")
+    data["payload"]["images"]["Cloud"]["x86_64"].append(newcomer)
+    save(location, "images.json", data)
+    url = f"{base}/{location.relative_to(root).as_posix()}"
+
+    consumer(Message(topic=TOPIC, body=compose_message(SAMPLE_COMPOSE_ID, url)))
+
+    assert [i.status for i in consumer.outcomes[-1].images] == ["published"]
+    assert f"skipped image Cloud/x86_64 {newcomer['path']}: Image: Field" in caplog.text
