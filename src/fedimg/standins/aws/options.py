@@ -11,6 +11,7 @@ import os
 VISIBILITY_DELAY = "FEDIMG_STANDIN_VISIBILITY_DELAY"
 MINUTE_SECONDS = "FEDIMG_STANDIN_MINUTE_SECONDS"
 SSM_VALIDATION_DELAY = "FEDIMG_STANDIN_SSM_VALIDATION_DELAY"
+PUBLIC_AMI_QUOTA = "FEDIMG_STANDIN_PUBLIC_AMI_QUOTA"
 
 
 def _float(name: str, default: float) -> float:
@@ -28,6 +29,11 @@ def visibility_delay() -> float:
 def minute_seconds() -> float:
     """Real seconds in one of AWS's minutes (e.g. StartSnapshot's Timeout); 60 unless compressed."""
     return max(0.001, _float(MINUTE_SECONDS, 60.0))
+
+
+def public_ami_quota() -> int:
+    """Public AMIs allowed per region before ModifyImageAttribute fails (0: no quota)."""
+    return max(0, int(_float(PUBLIC_AMI_QUOTA, 0.0)))
 
 
 def ssm_validation_delay() -> float:
