@@ -4,6 +4,11 @@ productmd parses the metadata, but fedimg fetches the two JSON files itself: pro
 fetching (urllib) has no timeout, turns every failure into "Failed to load metadata", and caches
 existence checks for the life of the process, so a transient failure would stick in a consumer.
 Fetching here gives bounded waits and tells a retryable failure from a bad compose.
+
+productmd validates strictly, and real composes list image types, formats and variant types
+before productmd learns them. An images.json entry or a composeinfo.json variant productmd
+rejects is skipped with a warning naming it; what fedimg uses (the compose, the release, the
+entries it selects) is still validated strictly. Keys productmd does not know it ignores.
 """
 
 from __future__ import annotations
