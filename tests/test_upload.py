@@ -88,3 +88,22 @@ def test_upload_unknown_arch_asks_for_it(aws: str, tmp_path: Path) -> None:
     p.write_bytes(bytes(BLOCK_SIZE))
     r = fedimg(aws, tmp_path, "upload", str(p))
     assert r.returncode == 1 and "--arch" in r.stderr
+
+
+def test_same_name_other_content_never_reuses_the_old_ami(
+    aws: str, tmp_path: Path, image: tuple[Path, list[int]]
+) -> None:
+    """Without --sha256 the file is hashed first, so the identity is its content, not its name."""
+    xz, _ = image
+    first = json.loads(fedimg(aws, tmp_path, "upload", str(xz), "--json").stdout)
+    raw = bytearray(lzma.decompress(xz.read_bytes()))
+    raw[:16] = b"other content!!!"
+    xz.write_bytes(lzma.compress(bytes(raw), preset=0))
+
+    same_name = fedimg(aws, tmp_path, "upload", str(xz), "--json")
+    assert same_name.returncode == 1
+    assert "taken by " + first["ami"] in same_name.stderr and "other content" in same_name.stderr
+    renamed = fedimg(aws, tmp_path, "upload", str(xz), "--name", "other image", "--json")
+    assert renamed.returncode == 0, renamed.stderr
+    assert json.loads(renamed.stdout)["ami"] != first["ami"]
+    assert len(ec2(aws).describe_images(Owners=["self"])["Images"]) == 2
