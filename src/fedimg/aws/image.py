@@ -148,8 +148,9 @@ def register_image_if_not_exists(
                 ami, reused = _registered_elsewhere(ec2, identity, name), True
         if reused:
             _check_same_image(ec2, ami, identity, what)
-        # TagSpecifications are atomic on AWS; re-applying makes stand-ins and crashes converge.
-        ec2.create_tags(Resources=[ami], Tags=base_image_tags(settings, identity))
+            # A new AMI has its tags from TagSpecifications (atomic), and may not be known to
+            # CreateTags yet (eventual consistency); a found one gets them re-applied.
+            ec2.create_tags(Resources=[ami], Tags=base_image_tags(settings, identity))
         wait_image_available(ec2, ami, what, settings.aws.wait_seconds)
     except (ClientError, BotoCoreError) as e:
         raise translate(e, what) from e
