@@ -15,7 +15,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -173,8 +175,11 @@ def fedora_messaging_config(
     """Writes a fedora-messaging TOML for ``amqp_url`` and returns its path.
 
     The consumer's queue ``queue`` is bound to ``exchange`` with ``routing_keys``; it is
-    auto-deleted when the consumer goes. Publishers use ``exchange`` and ``topic_prefix``.
+    auto-deleted when the consumer goes, unless ``queue_arguments`` make it a quorum queue (which
+    RabbitMQ requires to be durable and not auto-deleted: delete it with ``delete_queues``).
+    Publishers use ``exchange`` and ``topic_prefix``.
     """
+    quorum = (queue_arguments or {}).get("x-queue-type") == "quorum"
     lines = [
         f"amqp_url = {_toml(amqp_url)}",
         f"publish_exchange = {_toml(exchange)}",
@@ -196,8 +201,8 @@ def fedora_messaging_config(
     lines += [
         "",
         f"[queues.{_toml(queue)}]",
-        "durable = false",
-        "auto_delete = true",
+        f"durable = {_toml(quorum)}",
+        f"auto_delete = {_toml(not quorum)}",
         "exclusive = false",
         f"arguments = {_toml(queue_arguments or {})}",
         "",
@@ -206,8 +211,27 @@ def fedora_messaging_config(
         f"exchange = {_toml(exchange)}",
         f"routing_keys = {_toml(list(routing_keys))}",
         "",
+        "",
+        "[qos]  # as in fedimg-messaging.example.toml",
+        "prefetch_size = 0",
+        "prefetch_count = 1",
+        "",
         "[consumer_config]",
         *(f"{_toml(k)} = {_toml(v)}" for k, v in (consumer_config or {}).items()),
+        "",
+        # fedimg's INFO lines too, with time and thread: a consumer's log tells its story.
+        "[log_config]",
+        "version = 1",
+        "disable_existing_loggers = false",
+        "[log_config.formatters.timed]",
+        'format = "%(asctime)s [%(threadName)s %(name)s %(levelname)s] %(message)s"',
+        "[log_config.handlers.console]",
+        'class = "logging.StreamHandler"',
+        'formatter = "timed"',
+        'stream = "ext://sys.stdout"',
+        "[log_config.root]",
+        'level = "INFO"',
+        'handlers = ["console"]',
     ]
     path = tmp_path / f"fedora-messaging-{queue}.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -290,3 +314,198 @@ def collect_messages(
         yield Inbox(connection, channel, queue)
     finally:
         connection.close()
+
+
+class TcpProxy:
+    """A loopback TCP forwarder to ``127.0.0.1:target``; ``cut`` breaks every open connection
+    (as a network failure would) while new connections keep being accepted."""
+
+    def __init__(self, target: int) -> None:
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def url(self, amqp_url: str) -> str:
+        """``amqp_url`` (of the broker on ``target``) with this proxy's port instead."""
+        return amqp_url.replace(f":{self._target}/", f":{self.port}/", 1)
+
+    def cut(self) -> int:
+        """Closes every open connection on both sides; returns how many sockets were closed."""
+        with self._lock:
+            socks, self._open = self._open, []
+        for s in socks:
+            with suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        return len(socks)
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        self.cut()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copies ``src`` to ``dst`` until either side closes; then closes both."""
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        with suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+
+
+@contextmanager
+def tcp_proxy(target: int) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(target)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def amqp_port(amqp_url: str) -> int:
+    port = pika.URLParameters(amqp_url).port
+    assert isinstance(port, int)
+    return port
+
+
+@contextmanager
+def consume_process(conf: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `fedora-messaging consume` with ``conf``, its output in ``log``; yields once it
+    consumes (its log says so: a single-active-consumer quorum queue counts only the active
+    consumer). Terminated after, by PID."""
+    exe = Path(sys.executable).with_name("fedora-messaging")
+    env = os.environ | {"FEDORA_MESSAGING_CONF": str(conf)}
+    start = log.read_text(errors="replace").count(REGISTERED) if log.exists() else 0
+    with log.open("ab") as out:
+        proc = subprocess.Popen([str(exe), "consume"], env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while log.read_text(errors="replace").count(REGISTERED) <= start:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"consumer did not start ({proc.returncode}); see {log}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_SECONDS)
+
+
+# fedora-messaging's log line once a consumer is attached to its queue.
+REGISTERED = "Successfully registered AMQP consumer"
+
+
+def queue_counts(amqp_url: str, queue: str) -> tuple[int, int]:
+    """(ready messages, consumers) of ``queue``; (0, 0) if it does not exist."""
+    with _channel(amqp_url) as ch:
+        try:
+            ok = ch.queue_declare(queue, passive=True).method
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0, 0
+        return ok.message_count, ok.consumer_count
+
+
+def wait_for_log(log: Path, text: str, count: int = 1, timeout: float = 60.0) -> str:
+    """The log once ``text`` occurs ``count`` times in it; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = log.read_text(errors="replace") if log.exists() else ""
+        if content.count(text) >= count:
+            return content
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not {count} times in {log} after {timeout} s")
+
+
+def publish(amqp_url: str, exchange: str, routing_key: str, body: dict[str, Any]) -> None:
+    """A JSON message as fedora-messaging would send it, with a message id."""
+    with _channel(amqp_url) as ch:
+        ch.basic_publish(
+            exchange,
+            routing_key,
+            json.dumps(body).encode(),
+            pika.BasicProperties(
+                content_type="application/json",
+                content_encoding="utf-8",
+                message_id=str(uuid.uuid4()),
+                delivery_mode=2,
+                headers={
+                    "fedora_messaging_schema": "base.message",
+                    "fedora_messaging_severity": 20,
+                },
+            ),
+        )
+
+
+def declare_queue(amqp_url: str, queue: str, arguments: dict[str, Any]) -> None:
+    """A durable queue (a dead-letter queue, say), declared as an operator would, once."""
+    with _channel(amqp_url) as ch:
+        ch.queue_declare(queue, durable=True, arguments=arguments)
+
+
+def declare_exchange(amqp_url: str, exchange: str) -> None:
+    """A topic exchange as fedora_messaging_config declares it (`consume` declares none; it
+    goes when its last binding does)."""
+    with _channel(amqp_url) as ch:
+        ch.exchange_declare(exchange, "topic", durable=False, auto_delete=True)
+
+
+def take_message(amqp_url: str, queue: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(headers, JSON body) of the next message in ``queue``, acknowledged; None if it is empty."""
+    with _channel(amqp_url) as ch:
+        method, props, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            return None
+        return dict(props.headers or {}), json.loads(body)
+
+
+def delete_queues(amqp_url: str, *queues: str) -> None:
+    with _channel(amqp_url) as ch:
+        for q in queues:
+            ch.queue_delete(q)
+
+
+@contextmanager
+def _channel(amqp_url: str) -> Iterator[Any]:
+    params = pika.URLParameters(amqp_url)
+    params.socket_timeout = 10
+    params.blocked_connection_timeout = 10
+    connection = pika.BlockingConnection(params)
+    try:
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()

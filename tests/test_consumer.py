@@ -1,29 +1,31 @@
-"""The consumer: message dispositions in-process, and end to end through a real RabbitMQ broker."""
+"""The consumer in-process: message dispositions, the delivery count and the requeue pause.
+
+Through a real broker and real `fedora-messaging consume` processes: test_consumer_broker.py.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
+import threading
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import boto3
-import pika
 import pytest
 from fedora_messaging.exceptions import Drop, Nack
 from fedora_messaging.message import Message
 
 from fedimg.aws.clients import Clients
 from fedimg.config import Settings
-from fedimg.consumer import Consumer, parse_compose_message, settings_from_consumer_config
-from fedimg.errors import ConfigError, InputError
+from fedimg.consumer import (
+    Consumer,
+    backoff,
+    parse_compose_message,
+    requeue_pause_from_config,
+    settings_from_consumer_config,
+)
+from fedimg.errors import ConfigError, InputError, TransientError
 from fedimg.pipeline import Pipeline
 from fedimg.samplecompose import (
     SAMPLE_COMPOSE_ID,
@@ -31,7 +33,6 @@ from fedimg.samplecompose import (
 )
 from fedimg.standins.moto import free_port
 from tests.helpers import ec2, served_compose
-from tests.services import collect_messages, fedora_messaging_config
 
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
@@ -57,8 +58,9 @@ def consumer(settings: Settings) -> Consumer:
     return Consumer(s, Pipeline(s, Clients(s.aws)), requeue_delay=lambda n: 0.0)
 
 
-def message(body: Any) -> Message:
-    return Message(topic=TOPIC, body=body)
+def message(body: Any, headers: dict[str, Any] | None = None) -> Message:
+    """A message as fedora-messaging hands it over; ``headers`` as the broker set them."""
+    return Message(topic=TOPIC, body=body, headers=headers)
 
 
 @pytest.mark.parametrize(
@@ -119,14 +121,91 @@ def test_unreadable_compose_is_dropped(settings: Settings, compose: str, aws: st
         consumer(settings)(message(compose_message(SAMPLE_COMPOSE_ID, missing)))
 
 
-def test_transient_failure_is_requeued_a_bounded_number_of_times(settings: Settings) -> None:
+def refused_compose() -> str:
+    """A compose location that refuses connections: a cheap, certain transient failure."""
+    return compose_message(SAMPLE_COMPOSE_ID, f"http://127.0.0.1:{free_port()}/compose")
+
+
+def test_without_a_broker_count_the_consumer_counts_requeues_itself(settings: Settings) -> None:
+    """A classic queue gives no delivery count: the consumer's own memory bounds the requeues."""
     c = consumer(settings)
-    m = message(compose_message(SAMPLE_COMPOSE_ID, f"http://127.0.0.1:{free_port()}/compose"))
+    m = message(refused_compose())
     for _ in range(2):  # messaging.max_redeliveries = 2
         with pytest.raises(Nack):
             c(m)
     with pytest.raises(Drop):
         c(m)
+
+
+@pytest.mark.parametrize("header", ["x-delivery-count", "x-acquired-count"])
+def test_a_fresh_consumer_goes_on_from_the_brokers_count(
+    settings: Settings, header: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As after a restart: a new consumer, a message the broker delivered twice before."""
+    with pytest.raises(Drop):
+        consumer(settings)(message(refused_compose(), {header: 2}))
+    assert "delivery limit reached (delivery count 2 of 2)" in caplog.text
+
+
+def test_requeue_pause_grows_with_the_brokers_count(settings: Settings) -> None:
+    pauses: list[int] = []
+
+    def pause(redelivery: int) -> float:
+        pauses.append(redelivery)
+        return 0.0
+
+    s = untested(settings)
+    c = Consumer(s, Pipeline(s, Clients(s.aws)), requeue_delay=pause)
+    with pytest.raises(Nack):
+        c(message(refused_compose(), {"x-delivery-count": 1}))
+    assert pauses == [2]
+    assert [backoff(n, 15.0) for n in (1, 2, 3, 6, 20)] == [15.0, 30.0, 60.0, 300.0, 300.0]
+
+
+def test_count_past_the_limit_is_dropped_without_running(
+    settings: Settings, compose: str, aws: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queue whose own limit is higher than fedimg's (or missing): fedimg's limit holds."""
+    c = consumer(settings)
+    with pytest.raises(Drop):
+        c(message(compose_message(SAMPLE_COMPOSE_ID, compose), {"x-delivery-count": 3}))
+    assert "delivery count 3 is past the limit of 2" in caplog.text
+    assert not c.outcomes
+    assert ec2(aws).describe_images(Owners=["self"])["Images"] == []
+
+
+@pytest.mark.parametrize("value", [-1, "15", True])
+def test_requeue_pause_must_be_seconds(value: Any) -> None:
+    with pytest.raises(ConfigError, match="requeue_pause_seconds"):
+        requeue_pause_from_config({"requeue_pause_seconds": value})
+
+
+def test_runs_of_one_compose_in_one_process_do_not_overlap(settings: Settings) -> None:
+    """A redelivery after a lost connection arrives while the first run still goes on: it waits."""
+    running, overlaps = [0], []
+    s = untested(settings)
+
+    class Recording(Pipeline):
+        def run_compose(self, location: str) -> Any:
+            running[0] += 1
+            overlaps.append(running[0])
+            time.sleep(0.2)
+            running[0] -= 1
+            raise TransientError("boom")
+
+    c = Consumer(s, Recording(s, Clients(s.aws)), requeue_delay=lambda n: 0.0)
+    body = refused_compose()
+
+    def deliver(count: int) -> None:
+        with pytest.raises(Nack):
+            c(message(body, {"x-delivery-count": count}))
+
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert overlaps == [1, 1]
 
 
 def test_consumer_config_names_a_file_or_holds_tables(tmp_path: Path) -> None:
@@ -139,135 +218,6 @@ def test_consumer_config_names_a_file_or_holds_tables(tmp_path: Path) -> None:
         settings_from_consumer_config({"fedimg_config": str(f), "aws": {}})
 
 
-@contextmanager
-def consumers(
-    amqp_url: str, aws: str, tmp_path: Path, exchange: str, count: int = 1
-) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """``count`` `fedora-messaging consume` processes running fedimg's consumer on one queue.
-
-    The queue is a single-active-consumer queue, as in fedimg-messaging.example.toml: RabbitMQ
-    gives its messages to one consumer at a time, so one compose is never processed twice at once.
-    """
-    cfg = tmp_path / "fedimg.toml"
-    cfg.write_text(
-        f'[aws]\nendpoint_url = "{aws}"\nregions = {json.dumps(list(REGIONS))}\n'
-        "max_attempts = 2\nwait_seconds = 60\n[test]\nenabled = false\n"
-    )
-    conf = fedora_messaging_config(
-        amqp_url,
-        tmp_path,
-        f"{exchange}-in",
-        [TOPIC],
-        callback="fedimg.consumer:Consumer",
-        consumer_config={"fedimg_config": str(cfg)},
-        exchange=exchange,
-        topic_prefix="org.fedoraproject.prod",
-        queue_arguments={"x-single-active-consumer": True},
-    )
-    env = os.environ | {"FEDORA_MESSAGING_CONF": str(conf)}
-    exe = os.path.join(os.path.dirname(sys.executable), "fedora-messaging")
-    procs = []
-    try:
-        for n in range(count):
-            log = open(tmp_path / f"consumer-{n}.log", "wb")  # noqa: SIM115
-            procs.append(subprocess.Popen([exe, "consume"], env=env, stdout=log, stderr=log))
-            _wait_for_queue(amqp_url, f"{exchange}-in", procs[-1], tmp_path, n + 1)
-        yield procs
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
-
-
-def test_broker_end_to_end(amqp_url: str, compose: str, aws: str, tmp_path: Path) -> None:
-    """A FINISHED message on a real broker → `fedora-messaging consume` runs fedimg's consumer →
-    public AMIs in every region, SSM parameters, and fedimg's messages back on the broker."""
-    exchange = f"fedimg-e2e-{uuid.uuid4().hex[:8]}"
-    keys = ["org.fedoraproject.prod.fedimg.#", "#.published.v1.aws"]
-    with (
-        collect_messages(amqp_url, keys, exchange=exchange) as inbox,
-        consumers(amqp_url, aws, tmp_path, exchange),
-    ):
-        _publish(amqp_url, exchange, compose_message(SAMPLE_COMPOSE_ID, compose))
-        # per image: upload started+completed, 2 copies, publish, uploader's; then the summary
-        inbox.wait(2 * 6 + 1, timeout=90)
-        received = inbox.wait_quiet(1.0)  # and nothing more
-    topics = [m.topic for m in received]
-    assert len(topics) == 13
-    assert topics.count("org.fedoraproject.prod.fedimg.compose.complete") == 1
-    assert topics.count("org.fedoraproject.prod.fedimg.image.publish") == 2
-    uploader = [m for m in received if m.topic.endswith("published.v1.aws")]
-    assert len(uploader) == 2
-    ssm = {r: boto3.client("ssm", region_name=r, endpoint_url=aws) for r in REGIONS}
-    for m in uploader:
-        assert sorted(m.body["regions"]) == sorted(REGIONS)
-        for region, ami in m.body["regions"].items():
-            perms = ec2(aws, region).describe_image_attribute(
-                ImageId=ami, Attribute="launchPermission"
-            )
-            assert {"Group": "all"} in perms["LaunchPermissions"]
-            name = f"/fedimg/99/Cloud_Base/{m.body['architecture']}/latest"
-            assert ssm[region].get_parameter(Name=name)["Parameter"]["Value"] == ami
-
-
-def test_same_compose_twice_at_once(amqp_url: str, compose: str, aws: str, tmp_path: Path) -> None:
-    """Two consumer processes on one queue, the same FINISHED message twice (as a redelivery or a
-    duplicate would bring it): both are handled, and each image has exactly one AMI per region."""
-    exchange = f"fedimg-twice-{uuid.uuid4().hex[:8]}"
-    done = ["org.fedoraproject.prod.fedimg.compose.complete"]
-    with (
-        collect_messages(amqp_url, done, exchange=exchange) as inbox,
-        consumers(amqp_url, aws, tmp_path, exchange, count=2),
-    ):
-        body = compose_message(SAMPLE_COMPOSE_ID, compose)
-        _publish(amqp_url, exchange, body)
-        _publish(amqp_url, exchange, body)
-        summaries = inbox.wait(2, timeout=120)
-    assert all({i["outcome"] for i in m.body["images"]} == {"published"} for m in summaries)
-    for region in REGIONS:
-        images = ec2(aws, region).describe_images(Owners=["self"])["Images"]
-        assert sorted(i["Name"].rsplit(".", 1)[1][:7] for i in images) == ["aarch64", "x86_64-"]
-
-
-def _wait_for_queue(
-    url: str, queue: str, proc: subprocess.Popen[bytes], tmp: Path, consumers: int = 1
-) -> None:
-    """Until the queue has ``consumers`` consumers (a consumer declares its queue when ready)."""
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"consumer exited with {proc.returncode}; see {tmp}")
-        conn = pika.BlockingConnection(pika.URLParameters(url))
-        try:
-            ch = conn.channel()
-            ch.queue_declare(queue, passive=True)
-            if ch.queue_declare(queue, passive=True).method.consumer_count >= consumers:
-                return
-        except pika.exceptions.ChannelClosedByBroker:
-            pass
-        finally:
-            if conn.is_open:
-                conn.close()
-        time.sleep(0.3)
-    raise AssertionError(f"consumer did not start; see the logs in {tmp}")
-
-
-def _publish(url: str, exchange: str, body: dict[str, Any]) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        conn.channel().basic_publish(
-            exchange,
-            TOPIC,
-            json.dumps(body).encode(),
-            pika.BasicProperties(
-                content_type="application/json", headers={"fedora_messaging_schema": "base.message"}
-            ),
-        )
-    finally:
-        conn.close()
-
-
 def test_example_messaging_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     from fedora_messaging import config as fm_config
 
@@ -276,6 +226,13 @@ def test_example_messaging_config_loads(monkeypatch: pytest.MonkeyPatch) -> None
     conf = fm_config.LazyConfig()
     conf.load_config()
     assert conf["callback"] == "fedimg.consumer:Consumer"
-    assert conf["queues"]["fedimg"]["arguments"] == {"x-single-active-consumer": True}
+    queue = conf["queues"]["fedimg"]
+    # RabbitMQ refuses a quorum queue that is not durable, or is auto-deleted or exclusive.
+    assert (queue["durable"], queue["auto_delete"], queue["exclusive"]) == (True, False, False)
+    assert queue["arguments"]["x-queue-type"] == "quorum"
+    # The broker's limit is fedimg's default, so neither gives up before the other.
+    assert queue["arguments"]["x-delivery-limit"] == Settings().messaging.max_redeliveries
+    assert "fedimg.dead" not in conf["queues"]  # consume would consume the parked messages
     assert conf["qos"]["prefetch_count"] == 1
-    assert conf["consumer_config"] == {"fedimg_config": "/etc/fedimg/fedimg.toml"}
+    assert conf["consumer_config"]["fedimg_config"] == "/etc/fedimg/fedimg.toml"
+    assert requeue_pause_from_config(conf["consumer_config"])(1) == 15.0

@@ -6,8 +6,13 @@ Run as ``fedora-messaging --conf fedimg-messaging.toml consume`` with
 - malformed message (missing or mistyped fields, a location that is not http(s)/file, a body too
   large to be pungi's), or a compose that cannot be read → logged with the reason, dropped;
 - a status other than FINISHED / FINISHED_INCOMPLETE → acknowledged and ignored;
-- a transient failure (AWS, network) → requeued, at most ``messaging.max_redeliveries`` times;
+- a transient failure (AWS, network) → requeued after a pause, until the message has been
+  redelivered ``messaging.max_redeliveries`` times; then dropped (dead-lettered by the queue);
 - anything else → acknowledged; the compose summary says what happened to each image.
+
+Redeliveries are counted by the broker: a quorum queue puts the count in the message's headers, so
+it survives a consumer restart and is shared by every consumer of the queue. Without that header
+(a classic queue) the consumer falls back to counting in its own memory, which a restart forgets.
 
 No exception but Nack/Drop leaves the callback: fedora-messaging would halt the consumer on one.
 """
@@ -18,9 +23,10 @@ import json
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedora_messaging.exceptions import Drop, Nack
@@ -29,7 +35,7 @@ from fedimg import config as config_mod
 from fedimg import logsafety
 from fedimg.aws.clients import Clients
 from fedimg.config import Settings
-from fedimg.errors import ConfigError, FedimgError, InputError
+from fedimg.errors import ConfigError, FedimgError, InputError, TransientError
 from fedimg.events import Sink, fan_out, log_sink
 from fedimg.pipeline import ComposeOutcome, Pipeline, Tester
 
@@ -40,6 +46,19 @@ KNOWN_STATUSES = ("STARTED", "FINISHED", "FINISHED_INCOMPLETE", "DOOMED", "TERMI
 # pungi's messages are well under 2 KiB; anything this large is not one.
 MAX_BODY_BYTES = 64 * 1024
 OUTCOMES_KEPT = 32
+# Earlier deliveries as the broker counts them (absent on a first delivery). RabbitMQ's quorum
+# queues set x-delivery-count (3.8 to 4.2: every return, Nack included); from 4.3 it counts only
+# failed returns and x-acquired-count every return, so fedimg's Nack shows only in the latter.
+DELIVERY_COUNT_HEADERS = ("x-delivery-count", "x-acquired-count")
+# The fallback count for queues without those headers; bounded for a consumer that runs for years.
+REMEMBERED_MESSAGES = 1024
+# The pause before a requeue: first pause, doubled per redelivery, at most MAX_REQUEUE_PAUSE. The
+# message stays unacknowledged meanwhile, far below RabbitMQ's consumer timeout (30 min).
+REQUEUE_PAUSE_SECONDS = 15.0
+MAX_REQUEUE_PAUSE_SECONDS = 300.0
+# A redelivery of a compose this process is still working on (its connection was lost) waits for
+# that run instead of racing it; a run's own stage deadlines end it well before this.
+SAME_COMPOSE_WAIT_SECONDS = 4 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -69,9 +88,26 @@ def parse_compose_message(body: Any) -> ComposeMessage:
     return ComposeMessage(status, body["compose_id"], location)
 
 
+def broker_delivery_count(message: Any) -> int | None:
+    """How often the broker delivered ``message`` before, from its headers; None if it does not say.
+
+    fedora-messaging keeps the AMQP headers in ``Message._headers`` (it has no public accessor).
+    """
+    headers = getattr(message, "_headers", None)
+    if not isinstance(headers, Mapping):
+        return None
+    counts = [
+        v
+        for v in (headers.get(name) for name in DELIVERY_COUNT_HEADERS)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    ]
+    return max(counts) if counts else None
+
+
 def settings_from_consumer_config(consumer_config: Mapping[str, Any]) -> Settings:
     """``[consumer_config]`` names fedimg's TOML (``fedimg_config = "…"``) or holds its tables."""
     cc = dict(consumer_config)
+    cc.pop("requeue_pause_seconds", None)  # the consumer's own; see requeue_pause_from_config
     path = cc.pop("fedimg_config", None)
     if path is not None:
         if cc:
@@ -80,6 +116,24 @@ def settings_from_consumer_config(consumer_config: Mapping[str, Any]) -> Setting
             )
         return config_mod.load(path)
     return config_mod.from_dict(cc)
+
+
+def requeue_pause_from_config(consumer_config: Mapping[str, Any]) -> Callable[[int], float]:
+    """``requeue_pause_seconds`` (default 15): the pause before the first requeue."""
+    first = consumer_config.get("requeue_pause_seconds", REQUEUE_PAUSE_SECONDS)
+    if isinstance(first, bool) or not isinstance(first, int | float) or first < 0:
+        raise ConfigError(
+            f"consumer_config.requeue_pause_seconds: {first!r} is not a number of seconds >= 0"
+        )
+    return lambda redelivery: backoff(redelivery, float(first))
+
+
+def backoff(redelivery: int, first: float = REQUEUE_PAUSE_SECONDS) -> float:
+    """Seconds to wait before requeueing for redelivery number ``redelivery`` (1, 2, …).
+
+    RabbitMQ redelivers a requeued message at once, so the pace is set here.
+    """
+    return min(MAX_REQUEUE_PAUSE_SECONDS, first * 2.0 ** max(0, redelivery - 1))
 
 
 def build_pipeline(settings: Settings, extra_sinks: tuple[Sink, ...] = ()) -> Pipeline:
@@ -107,6 +161,14 @@ def _default_tester(settings: Settings, clients: Clients) -> Tester:
     return Ec2BootTester(settings, clients)
 
 
+@dataclass
+class _ComposeRun:
+    """The lock that orders the runs of one compose, and how many runs hold or await it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+
 class Consumer:
     """A fedora-messaging callback object; one instance serves every message."""
 
@@ -121,12 +183,15 @@ class Consumer:
         if settings is None:
             from fedora_messaging.config import conf
 
-            settings = settings_from_consumer_config(conf.get("consumer_config") or {})
+            consumer_config = conf.get("consumer_config") or {}
+            settings = settings_from_consumer_config(consumer_config)
+            requeue_delay = requeue_delay or requeue_pause_from_config(consumer_config)
         self.settings = settings
         self.pipeline = pipeline or build_pipeline(settings)
-        self._requeue_delay = requeue_delay or _backoff
-        self._deliveries: dict[str, int] = {}
+        self._requeue_delay = requeue_delay or backoff
+        self._requeues: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
+        self._running: dict[str, _ComposeRun] = {}
         # The latest outcomes, for the demo and tests; bounded for a consumer that runs for years.
         self.outcomes: deque[ComposeOutcome] = deque(maxlen=OUTCOMES_KEPT)
 
@@ -140,11 +205,32 @@ class Consumer:
         if compose.status not in ACTIONABLE:
             log.info("compose %s is %s: nothing to do", compose.compose_id, compose.status)
             return
-        log.info("compose %s is %s: publishing", compose.compose_id, compose.status)
+        earlier = self._earlier_deliveries(message)
+        limit = self.settings.messaging.max_redeliveries
+        if earlier > limit:
+            # Only when the queue's own delivery limit is higher than fedimg's, or missing.
+            log.error(
+                "compose %s: delivery count %d is past the limit of %d redeliveries; dropping",
+                compose.compose_id,
+                earlier,
+                limit,
+            )
+            raise Drop()
+        if earlier:
+            log.warning(
+                "compose %s is %s: publishing, redelivery %d of %d",
+                compose.compose_id,
+                compose.status,
+                earlier,
+                limit,
+            )
+        else:
+            log.info("compose %s is %s: publishing", compose.compose_id, compose.status)
         try:
-            outcome = self.pipeline.run_compose(compose.location)
+            with self._one_run_at_a_time(compose.compose_id):
+                outcome = self.pipeline.run_compose(compose.location)
         except FedimgError as e:
-            self._requeue_or_drop(message, compose, e, e.retryable)
+            self._requeue_or_drop(message, compose, e, e.retryable, earlier)
             return
         except Exception as e:  # a bug: never let it halt the consumer for every other compose
             log.exception("compose %s: unexpected error; dropping the message", compose.compose_id)
@@ -152,34 +238,75 @@ class Consumer:
         self.outcomes.append(outcome)
         if outcome.retryable:
             failed = [i.image_name for i in outcome.images if i.status == "failed"]
-            self._requeue_or_drop(message, compose, f"transient failure of {failed}", True)
+            self._requeue_or_drop(message, compose, f"transient failure of {failed}", True, earlier)
         self._forget(message)
 
+    def _earlier_deliveries(self, message: Any) -> int:
+        """The broker's count, or this process's own when the broker gives none (or less)."""
+        with self._lock:
+            remembered = self._requeues.get(message.id, 0)
+        return max(broker_delivery_count(message) or 0, remembered)
+
+    @contextmanager
+    def _one_run_at_a_time(self, compose_id: str) -> Iterator[None]:
+        """Runs of one compose in this process one after the other.
+
+        After a lost connection the broker redelivers a message whose first run may still be going
+        on in this process; the redelivery waits for it, then finds its work done.
+        """
+        with self._lock:
+            run = self._running.setdefault(compose_id, _ComposeRun())
+            run.users += 1
+        try:
+            if not run.lock.acquire(timeout=SAME_COMPOSE_WAIT_SECONDS):
+                raise TransientError(f"compose {compose_id} is still being processed here")
+            try:
+                yield
+            finally:
+                run.lock.release()
+        finally:
+            with self._lock:
+                run.users -= 1
+                if not run.users:
+                    del self._running[compose_id]
+
     def _requeue_or_drop(
-        self, message: Any, compose: ComposeMessage, error: object, retryable: bool
+        self,
+        message: Any,
+        compose: ComposeMessage,
+        error: object,
+        retryable: bool,
+        earlier: int,
     ) -> None:
         if not retryable:
             log.error("compose %s: %s; dropping the message", compose.compose_id, error)
             self._forget(message)
             raise Drop()
-        with self._lock:
-            seen = self._deliveries.get(message.id, 0) + 1
-            self._deliveries[message.id] = seen
-        if seen > self.settings.messaging.max_redeliveries:
+        limit = self.settings.messaging.max_redeliveries
+        if earlier >= limit:
             log.error(
-                "compose %s: %s; giving up after %d redeliveries",
+                "compose %s: %s; delivery limit reached (delivery count %d of %d); "
+                "giving up, the message is dropped (dead-lettered if the queue has an exchange)",
                 compose.compose_id,
                 error,
-                seen - 1,
+                earlier,
+                limit,
             )
             self._forget(message)
             raise Drop()
-        delay = self._requeue_delay(seen)
+        redelivery = earlier + 1
+        with self._lock:
+            self._requeues[message.id] = redelivery
+            self._requeues.move_to_end(message.id)
+            while len(self._requeues) > REMEMBERED_MESSAGES:
+                self._requeues.popitem(last=False)
+        delay = self._requeue_delay(redelivery)
         log.warning(
-            "compose %s: %s; requeueing (attempt %d) in %.0f s",
+            "compose %s: %s; requeueing for redelivery %d of %d in %.1f s",
             compose.compose_id,
             error,
-            seen,
+            redelivery,
+            limit,
             delay,
         )
         time.sleep(delay)
@@ -187,9 +314,4 @@ class Consumer:
 
     def _forget(self, message: Any) -> None:
         with self._lock:
-            self._deliveries.pop(message.id, None)
-
-
-def _backoff(attempt: int) -> float:
-    """Seconds to wait before requeueing: RabbitMQ redelivers at once, so pace it here."""
-    return float(min(300, 15 * 2 ** (attempt - 1)))
+            self._requeues.pop(message.id, None)
