@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import subprocess
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -78,9 +79,11 @@ class Bus:
         )
 
     def conf(self, broker_url: str | None = None, requeue_pause: float = 15.0) -> Path:
+        folder = self.tmp / f"conf-{uuid.uuid4().hex[:6]}"
+        folder.mkdir()
         return fedora_messaging_config(
             broker_url or self.amqp_url,
-            self.tmp,
+            folder,
             self.queue,
             [TOPIC],
             callback="fedimg.consumer:Consumer",
@@ -214,14 +217,14 @@ def test_killed_consumer_goes_on_from_the_brokers_count(bus: Bus) -> None:
     log, and the message is parked in the dead-letter queue."""
     limit = bus.arguments["x-delivery-limit"]
     location = f"http://127.0.0.1:{free_port()}/compose"
-    conf = bus.conf(requeue_pause=0.5)
-    with bus.consumer(conf, "first") as first:
+    # The first consumer pauses 30 s before its Nack: SIGKILL lands in the pause, so the message
+    # comes back through the lost connection, never through a Nack.
+    with bus.consumer(bus.conf(requeue_pause=30.0), "first") as first:
         bus.publish(compose_message(SAMPLE_COMPOSE_ID, location))
-        # Its pause before the Nack is 0.5 s: SIGKILL lands in it, the Nack never leaves.
         wait_for_log(bus.tmp / "first.log", "requeueing for redelivery 1 of")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-    with bus.consumer(conf, "second"):
+    with bus.consumer(bus.conf(requeue_pause=0.2), "second"):
         log = wait_for_log(bus.tmp / "second.log", "delivery limit reached", timeout=30)
         # Parked by the consumer's Drop; then nothing is left in the queue.
         parked = _wait_for_message(bus.amqp_url, bus.dead)
@@ -260,8 +263,6 @@ def test_connection_lost_mid_compose_completes_once(aws_bus: Bus, compose: str, 
 
 
 def _wait_for_message(amqp_url: str, queue: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    import time
-
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if (got := take_message(amqp_url, queue)) is not None:
