@@ -215,6 +215,7 @@ class Consumer:
                 earlier,
                 limit,
             )
+            self._forget(message)
             raise Drop()
         if earlier:
             log.warning(
