@@ -6,7 +6,14 @@ for the actions moto lacks, wrappers or replacements for the ones it does too la
 
 from __future__ import annotations
 
-from fedimg.standins.aws import ec2_deprecation, ec2_images, ec2_instances, ec2_sharing
+from fedimg.standins.aws import (
+    ec2_account,
+    ec2_deprecation,
+    ec2_images,
+    ec2_instances,
+    ec2_sharing,
+    iam_model,
+)
 from fedimg.standins.aws.ec2_tags import checked_create_tags, checked_tag_specifications
 
 # moto's handler method name -> ours (the action in snake case, as moto dispatches).
@@ -45,3 +52,5 @@ def install() -> None:
     ):
         setattr(EC2Response, name, checked_tag_specifications(action, getattr(EC2Response, name)))
     ec2_images.patch_models()
+    ec2_account.install()
+    iam_model.install()

@@ -12,6 +12,8 @@ VISIBILITY_DELAY = "FEDIMG_STANDIN_VISIBILITY_DELAY"
 MINUTE_SECONDS = "FEDIMG_STANDIN_MINUTE_SECONDS"
 SSM_VALIDATION_DELAY = "FEDIMG_STANDIN_SSM_VALIDATION_DELAY"
 PUBLIC_AMI_QUOTA = "FEDIMG_STANDIN_PUBLIC_AMI_QUOTA"
+DENY = "FEDIMG_STANDIN_DENY"
+DISABLED_REGIONS = "FEDIMG_STANDIN_DISABLED_REGIONS"
 
 
 def _float(name: str, default: float) -> float:
@@ -39,3 +41,18 @@ def public_ami_quota() -> int:
 def ssm_validation_delay() -> float:
     """Seconds SSM takes to validate an aws:ec2:image value (reads see the old one meanwhile)."""
     return max(0.0, _float(SSM_VALIDATION_DELAY, 0.0))
+
+
+def _names(name: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in os.environ.get(name, "").split(",") if n.strip())
+
+
+def denied_actions() -> frozenset[str]:
+    """IAM actions the caller may not do, lower case (``ec2:RegisterImage,ebs:StartSnapshot``);
+    IAM action names are case-insensitive."""
+    return frozenset(a.lower() for a in _names(DENY))
+
+
+def disabled_regions() -> frozenset[str]:
+    """Opt-in regions this account has not enabled (``ap-east-1,me-south-1``)."""
+    return _names(DISABLED_REGIONS)
