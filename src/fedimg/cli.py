@@ -319,6 +319,27 @@ def demo(obj: _Context, broker: str | None) -> None:
     run_demo(obj.config_path, broker=broker)
 
 
+@main.command()
+@_config_after_command
+@click.option("--compose-url", help="A compose location (URL) whose server must answer.")
+@click.option(
+    "--amqp-url",
+    help="The broker to try (default: the fedora-messaging configuration's, when "
+    "$FEDORA_MESSAGING_CONF is set).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_fail_cleanly
+def preflight(obj: _Context, compose_url: str | None, amqp_url: str | None, as_json: bool) -> None:
+    """Check, creating nothing, that the configured account, regions and services can run
+    fedimg: one row per check and region, with what to do; exit status 1 if anything blocks."""
+    from fedimg.preflight import preflight_command
+
+    sys.exit(
+        preflight_command(obj.settings, compose_url=compose_url, amqp_url=amqp_url, as_json=as_json)
+    )
+
+
 @main.command("check-config")
 @_config_after_command
 @click.pass_obj
