@@ -107,9 +107,9 @@ def enabled_region_rows(
         detail = f"DescribeRegions failed: {_what(e)}"
         return [Row("region enabled", r, UNCHECKED, detail, POLICY) for r in regions]
     status = {r["RegionName"]: r.get("OptInStatus", "") for r in answer}
-    rows = []
+    rows, endpoints = [], boto3.session.Session()
     for region in regions:
-        home = boto3.session.Session().get_partition_for_region(region)
+        home = endpoints.get_partition_for_region(region)
         if home != partition:
             detail = f"{region} is in partition {home}; the credentials are for {partition}"
             rows.append(
