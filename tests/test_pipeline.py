@@ -7,6 +7,7 @@ itself runs for real against a QEMU guest in tests/aws/test_boottest.py.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,12 @@ from typing import Any
 import boto3
 import pytest
 
+from fedimg import config
+from fedimg.aws import limits
 from fedimg.aws.clients import Clients
 from fedimg.config import Settings
 from fedimg.events import Event
+from fedimg.identity import tags_of
 from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, Pipeline, TestSubject, TestVerdict
 from fedimg.samplecompose import build_sample_compose
 from tests.helpers import Recorder, ec2, record, served_compose, synthetic_xz
@@ -58,23 +62,45 @@ def is_public(url: str, region: str, ami: str) -> bool:
     return {"Group": "all"} in perms["LaunchPermissions"]
 
 
+def aws_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+
+
 def test_compose_is_published_in_every_region(
     settings: Settings, compose_url: str, aws: str
 ) -> None:
-    pipeline, events, rec = make(settings)
+    """Asserted on what AWS holds; with as many extra tags (of AWS's longest keys and values) as
+    AWS's 50 per resource leave room for next to fedimg's own."""
+    key, value = limits.TAG_KEY_MAX, limits.TAG_VALUE_MAX
+    extra = {f"{n:02d}".ljust(key, "k"): "v" * value for n in range(config.MAX_EXTRA_TAGS)}
+    s = dataclasses.replace(settings, image=dataclasses.replace(settings.image, tags=extra))
+    pipeline, events, rec = make(s)
     outcome = pipeline.run_compose(compose_url)
     assert outcome.ok, [i.error for i in outcome.images]
     assert sorted(i.arch for i in outcome.images) == ["aarch64", "x86_64"]
     ssm = {r: boto3.client("ssm", region_name=r, endpoint_url=aws) for r in REGIONS}
+    tag_counts = []
     for image in outcome.images:
         assert sorted(image.regions) == sorted(REGIONS)
         for region, ami in image.regions.items():
             assert is_public(aws, region, ami)
+            (held,) = ec2(aws, region).describe_images(ImageIds=[ami])["Images"]
+            deprecation = aws_time(held["CreationDate"]) + dt.timedelta(days=730)
+            assert aws_time(held["DeprecationTime"]) == deprecation.replace(second=0, microsecond=0)
             name = f"/fedimg/99/Cloud_Base/{image.arch}/latest"
             assert ssm[region].get_parameter(Name=name)["Parameter"]["Value"] == ami
-    # the snapshots' create-volume permission is public too
-    for p in rec.of("ModifySnapshotAttribute"):
-        assert p["GroupNames"] == ["all"] and p["OperationType"] == "add"
+            (snap,) = [m["Ebs"]["SnapshotId"] for m in held["BlockDeviceMappings"]]
+            (snapshot,) = ec2(aws, region).describe_snapshots(SnapshotIds=[snap])["Snapshots"]
+            tag_counts += [len(held["Tags"]), len(snapshot["Tags"])]
+            if region == "us-east-1":  # the base AMI boots from the snapshot fedimg uploaded
+                assert tags_of(snapshot)["fedimg:state"] == "uploaded"
+                assert tags_of(snapshot)["fedimg:image-name"] == image.image_name
+            permissions = ec2(aws, region).describe_snapshot_attribute(
+                SnapshotId=snap, Attribute="createVolumePermission"
+            )["CreateVolumePermissions"]
+            assert permissions == []  # public AMIs do not need public snapshots
+    assert max(tag_counts) == limits.TAGS_PER_RESOURCE
+    assert rec.count("ModifySnapshotAttribute") == 0
     assert rec.count("CopyImage") == 2 * (len(REGIONS) - 1)
     copies = rec.of("CopyImage")
     assert all(c["ClientToken"] and c["SourceRegion"] == "us-east-1" for c in copies)
