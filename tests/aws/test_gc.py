@@ -74,6 +74,20 @@ def boot_test_resources(url: str, run: str, tags: dict[str, str]) -> tuple[str, 
     return f"fedimg-test-{run}", group, instance
 
 
+def ami_on(client: Any, name: str, snapshot: str) -> str:
+    return str(
+        client.register_image(
+            Name=name,
+            Architecture="x86_64",
+            VirtualizationType="hvm",
+            RootDeviceName="/dev/sda1",
+            BlockDeviceMappings=[
+                {"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snapshot, "VolumeSize": 1}}
+            ],
+        )["ImageId"]
+    )
+
+
 def make_world(url: str) -> World:
     w = World()
     client = ec2(url)
@@ -99,15 +113,15 @@ def make_world(url: str) -> World:
     w.keep[plain_snapshot(url, foreign)] = "snapshot without fedimg:managed"
     key, group, instance = boot_test_resources(url, "f", foreign)
     w.keep |= {key: "foreign key pair", group: "foreign group", instance: "foreign instance"}
-    # A snapshot whose image key has an AMI (moto drops the block device mappings).
+    # A snapshot whose image key has an AMI (which boots from another snapshot).
     w.keep[plain_snapshot(url, managed(key="c", **{"fedimg:state": "uploaded"}))] = "AMI's key"
-    ami = client.register_image(Name="fedimg-c", RootDeviceName="/dev/sda1")["ImageId"]
+    root = plain_snapshot(url)
+    w.keep[root] = "untagged snapshot"
+    ami = ami_on(client, "fedimg-c", root)
     client.create_tags(Resources=[ami], Tags=tag_list(managed(key="c")))
-    # A snapshot an AMI lists in its block device mappings (moto's own fake one, tagged as ours).
-    other = client.register_image(Name="fedimg-d", RootDeviceName="/dev/sda1")["ImageId"]
-    image = client.describe_images(ImageIds=[other])["Images"][0]
-    mapped = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
-    client.create_tags(Resources=[mapped], Tags=tag_list(managed(key="d")))
+    # A snapshot an AMI lists in its block device mappings, its key on no AMI.
+    mapped = plain_snapshot(url, managed(key="d", **{"fedimg:state": "uploaded"}))
+    other = ami_on(client, "fedimg-d", mapped)
     w.keep[mapped] = "snapshot mapped by an AMI"
     w.keep[ami] = w.keep[other] = "AMIs are never collected"
     # A test instance that is already terminated is no orphan (its group and key are).

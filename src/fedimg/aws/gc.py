@@ -11,9 +11,8 @@ product). An orphan is:
 
 "No AMI uses" means: no image of the account in that region lists the snapshot in its block device
 mappings, and (for snapshots not mid-upload) no image there carries the snapshot's
-``fedimg:image-key``. The second rule is sound on AWS too (while an image key has an AMI, gc keeps
-that key's snapshots rather than guess which one backs it) and it is what makes the check work in
-moto, whose RegisterImage drops the block device mappings. Security groups have no creation time
+``fedimg:image-key``: while an image key has an AMI, gc keeps that key's snapshots rather than
+guess which of them backs it. Security groups have no creation time
 in the API; one counts as still starting while its ``fedimg:test-run`` has a key pair younger
 than the grace period (the boot test creates the key pair first).
 
