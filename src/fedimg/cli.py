@@ -266,7 +266,16 @@ def results(obj: _Context, compose_id: str, as_json: bool) -> None:
 @_config_after_command
 @click.argument("image")
 @click.option(
-    "--firmware", type=click.Choice(["bios", "uefi", "both"]), default="both", show_default=True
+    "--firmware",
+    type=click.Choice(["bios", "uefi", "both"]),
+    default="both",
+    show_default=True,
+    help="both: every firmware the architecture has (aarch64: only uefi).",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["x86_64", "aarch64"]),
+    help="The image's architecture (default: read from the loader in its EFI system partition).",
 )
 @click.option("--user", default="root", show_default=True, help="User to SSH in as.")
 @click.option(
@@ -276,7 +285,13 @@ def results(obj: _Context, compose_id: str, as_json: bool) -> None:
 @click.pass_obj
 @_fail_cleanly
 def test_image(
-    obj: _Context, image: str, firmware: str, user: str, sample_checks: bool, as_json: bool
+    obj: _Context,
+    image: str,
+    firmware: str,
+    arch: str | None,
+    user: str,
+    sample_checks: bool,
+    as_json: bool,
 ) -> None:
     """Boot IMAGE (a .raw or .raw.xz path, or an http(s) URL of a .raw, .raw.xz, .raw.gz or
     .raw.zst, downloaded first) under QEMU and run the checks over SSH; never modifies it."""
@@ -288,7 +303,7 @@ def test_image(
     test = obj.settings.test
     if sample_checks:
         test = dataclasses.replace(test, checks=SAMPLE_CHECKS)
-    sys.exit(test_image_command(image, firmware, test, user, as_json))
+    sys.exit(test_image_command(image, firmware, test, user, as_json, arch=arch))
 
 
 @main.command()
