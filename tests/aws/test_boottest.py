@@ -91,7 +91,17 @@ def test_passing_image_passes_and_leaves_nothing(
     assert all(c["outcome"] == PASSED for c in verdict.checks)
     assert "Linux" in verdict.checks[1]["output"]
     (launch,) = rec.of("RunInstances")
-    assert launch["MetadataOptions"]["HttpTokens"] == "required"
+    token = launch["ClientToken"]
+    (held,) = [
+        i
+        for r in ec2(aws).describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i.get("ClientToken") == token
+    ]
+    # IMDSv2 only, as instances of an AMI registered with ImdsSupport v2.0 get it
+    options = held["MetadataOptions"]
+    assert (options["HttpTokens"], options["HttpPutResponseHopLimit"]) == ("required", 2)
+    assert options["HttpEndpoint"] == "enabled"
     assert launch["InstanceType"] == "t3.small"
     tags = {t["Key"]: t["Value"] for t in launch["TagSpecifications"][0]["Tags"]}
     assert tags["fedimg:role"] == "test" and tags["fedimg:managed"] == "true"
