@@ -21,7 +21,8 @@ proxy never faults an attempt the client has announced as its last (``amz-sdk-re
 attempt=N; max=N``): faults only hit requests the client will retry, so a soak test can demand
 that every call succeeds without being flaky. Turn it off to see a call fail.
 
-Counts: requests, faults by kind, client connections (keep-alive reuse), and attempts per
+Counts: requests (and per HTTP method), faults by kind, slow faults that tripped the client's
+timeout, client connections (keep-alive reuse), the slowest upstream answer, and attempts per
 invocation (botocore sends the same ``amz-sdk-invocation-id`` on every attempt of one API call),
 so a test can assert there is one retry layer only: attempts per call ≤ ``aws.max_attempts``.
 
@@ -55,7 +56,9 @@ log = logging.getLogger(__name__)
 KINDS = ("500", "503", "reset", "slow")
 ALL_KINDS = (*KINDS, "cut")
 MAX_BODY = 8 * 1024 * 1024  # PutSnapshotBlock sends 512 KiB
-SLOW_DELAY = (0.5, 2.0)  # seconds: short enough for fast tests, long enough to trip a 1 s timeout
+# Seconds. The default outlasts any read timeout under 0.5 s; a test that must trip its client's
+# timeout passes a delay beyond it and checks ``slow_tripped``.
+SLOW_DELAY = (0.5, 2.0)
 UPSTREAM_TIMEOUT = 60.0
 # Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the framing we redo.
 HOP_BY_HOP = frozenset(
@@ -113,6 +116,7 @@ class FaultProxy:
         self._connections = 0
         self._faults: Counter[str] = Counter()
         self._slow_tripped = 0
+        self._slowest_upstream = 0.0
         self._methods: Counter[str] = Counter()
         self._attempts: Counter[str] = Counter()
         self._stopping = threading.Event()
@@ -140,6 +144,7 @@ class FaultProxy:
                 "faults": {k: self._faults[k] for k in self.kinds},
                 "faulted": sum(self._faults.values()),
                 "slow_tripped": self._slow_tripped,
+                "slowest_upstream_seconds": self._slowest_upstream,
                 "methods": dict(self._methods),
                 "spared_last_attempts": self._spared,
                 "upstream_errors": self._upstream_errors,
@@ -212,8 +217,9 @@ class FaultProxy:
         with self._lock:
             self._slow_tripped += 1
 
-    def _count_forwarded(self, ok: bool) -> None:
+    def _count_forwarded(self, ok: bool, seconds: float) -> None:
         with self._lock:
+            self._slowest_upstream = max(self._slowest_upstream, seconds)
             if ok:
                 self._forwarded += 1
             else:
@@ -345,6 +351,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._upstream is None:
             self._upstream = http.client.HTTPConnection(*proxy.upstream, timeout=UPSTREAM_TIMEOUT)
         conn = self._upstream
+        started = time.monotonic()
         try:
             conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
             for name, value in self.headers.items():
@@ -357,9 +364,9 @@ class _Handler(BaseHTTPRequestHandler):
             data = resp.read()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            proxy._count_forwarded(False)
+            proxy._count_forwarded(False, time.monotonic() - started)
             return 502, {"Content-Type": "text/plain"}, f"fault proxy: upstream: {e}".encode()
-        proxy._count_forwarded(True)
+        proxy._count_forwarded(True, time.monotonic() - started)
         headers = {k: v for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP}
         if self.command == "HEAD" and resp.getheader("Content-Length"):
             headers["Content-Length"] = str(resp.getheader("Content-Length"))

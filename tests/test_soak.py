@@ -3,6 +3,9 @@ answers a seeded 10% of AWS requests with 500, 503 throttling, a reset connectio
 response. Every run must end in the correct state, and no request may take more attempts than
 the one documented retry budget (``aws.max_attempts``): no nested retry storms.
 
+A slow fault holds a request for longer than the soak's read timeout (``READ_TIMEOUT``), so it
+really trips it: the proxy counts each one whose client hung up, and the soak demands all did.
+
 As the consumer would, a run whose outcome is retryable is run again (at most
 ``messaging.max_redeliveries`` times); the figures are printed for the README.
 """
@@ -10,6 +13,7 @@ As the consumer would, a run whose outcome is retryable is run again (at most
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +35,12 @@ from tests.helpers import ec2, served_compose
 RUNS = 20
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 MAX_ATTEMPTS = 6
+# A slow fault costs the client this long, so it sets the soak's pace. moto's own answers took
+# up to 0.65-0.94 s on this project's shared 2-core machines under load: one that outlasts the
+# timeout is a real timeout, retried within the same budget like any other fault.
+READ_TIMEOUT = 1.0
+# Every slow fault outlasts the read timeout by at least half of it.
+SLOW_DELAY = (1.5 * READ_TIMEOUT, 2.2 * READ_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +63,7 @@ def soak_settings(settings: Settings, proxy_url: str) -> Settings:
             endpoint_url=proxy_url,
             regions=REGIONS,
             max_attempts=MAX_ATTEMPTS,
+            read_timeout=READ_TIMEOUT,
             wait_seconds=60,
         ),
         publish=dataclasses.replace(settings.publish, deprecate_after_days=0),
@@ -104,10 +115,14 @@ def test_twenty_runs_under_ten_percent_faults(
         return SshTarget(guest.host, guest.port, guest.pkey)
 
     faults: Counter[str] = Counter()
-    requests = reruns = worst = 0
+    requests = reruns = worst = tripped = 0
+    slowest = 0.0
+    started = time.monotonic()
     for seed in range(1, RUNS + 1):
         reset(aws)
-        with fault_proxy(aws, rate=0.1, seed=seed, spare_last_attempt=False) as proxy:
+        with fault_proxy(
+            aws, rate=0.1, seed=seed, spare_last_attempt=False, slow_delay=SLOW_DELAY
+        ) as proxy:
             s = soak_settings(settings, proxy.url)
             clients = Clients(s.aws)
             pipeline = Pipeline(s, clients, tester=Ec2BootTester(s, clients, resolve=to_guest))
@@ -124,9 +139,14 @@ def test_twenty_runs_under_ten_percent_faults(
         assert proxy.max_attempts_per_invocation() <= MAX_ATTEMPTS
         requests += stats["requests"]
         faults.update(stats["faults"])
+        tripped += stats["slow_tripped"]
+        slowest = max(slowest, stats["slowest_upstream_seconds"])
     assert all(faults[k] > 0 for k in ("500", "503", "reset", "slow")), faults
     with capsys.disabled():
         print(
-            f"\nfault soak: {RUNS} runs, {requests} requests, faults {dict(faults)}, "
-            f"{reruns} re-runs, at most {worst} attempts per request"
+            f"\nfault soak: {RUNS} runs in {time.monotonic() - started:.0f} s, {requests} "
+            f"requests, faults {dict(faults)}, {tripped} of {faults['slow']} slow faults tripped "
+            f"the {READ_TIMEOUT} s read timeout, {reruns} re-runs, at most {worst} attempts "
+            f"per request, slowest moto answer {slowest:.2f} s"
         )
+    assert tripped == faults["slow"]

@@ -80,7 +80,8 @@ class DownloadPolicy:
     download or be too long to matter. A trickle (a server that sends a byte just often enough
     never to trip ``read_timeout``) is caught by a floor instead: if, over ``rate_window`` seconds
     spent waiting on the network (not on the consumer of the blocks), fewer than
-    ``min_bytes_per_second`` arrived, the connection is dropped and the download resumed. With
+    ``min_bytes_per_second`` per second arrived, the connection is dropped and the download
+    resumed (an attempt). With
     the defaults a 600 MB image still finishes at 16 KiB/s (in about 10 hours); a link that slow
     is a fault to report, not to wait for.
     """
@@ -118,7 +119,7 @@ class _Origin:
         self.policy = policy
         self.is_url = location.startswith(("http://", "https://"))
         self._session: requests.Session | None = None
-        # Every HTTP request made, and every fault absorbed by a later attempt (for tests, logs).
+        # Every HTTP request made and every fault met, in order (for tests and logs).
         self.requests = 0
         self.faults: list[str] = []
         if location.startswith("file://"):
@@ -243,7 +244,9 @@ class _Download:
     the same one (same validators and length), and the SHA-256 of every byte handed out is still
     checked at the end; the cost is reading N bytes again. If the file changed (other validators
     or length) once bytes were handed out, the download fails with a TransientError: a new run
-    reads the new file from its start. All attempts used up: TransientError. 4xx: InputError.
+    reads the new file from its start. A server that sends neither validator leaves the length
+    and the end-to-end SHA-256 as the only checks. All attempts used up: TransientError. 4xx:
+    InputError.
     """
 
     def __init__(self, origin: _Origin) -> None:
