@@ -2,7 +2,7 @@
 checks over SSH, its broken twins, and how the architecture is told from the image.
 
 TCG emulation of arm64 is the slow part of the suite: the good image is booted once for the whole
-module (measured here: 12-20 s on the shared 2-core machine), each broken twin once."""
+module (measured here: 12-15 s on the shared 2-core machine), each broken twin once."""
 
 from __future__ import annotations
 
