@@ -12,9 +12,9 @@ product). An orphan is:
 "No AMI uses" means: no image of the account in that region lists the snapshot in its block device
 mappings, and (for snapshots not mid-upload) no image there carries the snapshot's
 ``fedimg:image-key``: while an image key has an AMI, gc keeps that key's snapshots rather than
-guess which of them backs it. Security groups have no creation time
-in the API; one counts as still starting while its ``fedimg:test-run`` has a key pair younger
-than the grace period (the boot test creates the key pair first).
+guess which of them backs it. Security groups have no creation time in the API; one counts as
+still starting while its ``fedimg:test-run`` has a key pair younger than the grace period (the
+boot test creates the key pair first).
 
 Safe to re-run: removal treats "already gone" as success, so two gc runs, or a gc racing a test
 run's own clean-up, converge.
