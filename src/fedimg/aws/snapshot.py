@@ -73,7 +73,8 @@ TAG_LEASE_OWNER = "fedimg:lease-owner"
 TAG_LEASE_UNTIL = "fedimg:lease-until"
 DEAD_STATES = ("error", "recoverable")
 # A writer renews its lease four times per lease: a missed renewal or two does not lose it.
-LEASE_SECONDS = 120.0
+# Short, because a run killed while writing makes the next run wait this long before taking over.
+LEASE_SECONDS = 30.0
 # A new snapshot may be unknown for a while after StartSnapshot (eventual consistency): the first
 # block, and the check that a token's snapshot still exists, wait for it this long.
 VISIBLE_DEADLINE_S = 60.0
@@ -235,7 +236,10 @@ class _Upload:
             if s.get("State") == "completed":
                 return "reuse", s
         for s in in_state[STATE_COMPLETING]:
-            return ("wait" if held_by_other(s, self.lease.owner, now) else "complete"), s
+            # Once AWS says completed, only the tag is missing: nothing to wait for.
+            done = s.get("State") == "completed"
+            held = held_by_other(s, self.lease.owner, now) and not done
+            return ("wait" if held else "complete"), s
         started_here = self.started_here["SnapshotId"] if self.started_here else ""
         for s in in_state[STATE_UPLOADING]:
             # A snapshot StartSnapshot gave this run is written even if another run writes it
