@@ -94,6 +94,27 @@ def test_discover_selects_one_ec2_image_per_arch(tmp_path: Path, image_xz: Path)
     assert all("AmazonEC2" in i.path for i in images)
 
 
+def test_each_arch_carries_its_own_image(tmp_path: Path, image_xz: Path) -> None:
+    """The demo's compose: each arch's own sample image, listed as Fedora lists its EC2 disks."""
+    other = tmp_path / "aarch64.raw.xz"
+    other.write_bytes(lzma.compress(b"an aarch64 disk\n", format=lzma.FORMAT_XZ))
+    location = build_sample_compose(tmp_path / "tree", {"x86_64": image_xz, "aarch64": other})
+
+    _, images = discover(str(location), ComposeSettings())
+
+    by_arch = {i.arch: i for i in images}
+    assert sorted(by_arch) == ["aarch64", "x86_64"]
+    arm = by_arch["aarch64"]
+    assert (
+        arm.path == "Cloud/aarch64/images/Fedora-Cloud-Base-AmazonEC2-99-20261127.0.aarch64.raw.xz"
+    )
+    assert (arm.metadata["type"], arm.metadata["format"]) == ("raw-xz", "raw.xz")
+    assert (location / arm.path).read_bytes() == other.read_bytes()
+    assert arm.sha256 == sha256(other) != by_arch["x86_64"].sha256 == sha256(image_xz)
+    with pytest.raises(ValueError, match="do not give both"):
+        build_sample_compose(tmp_path / "tree", {"aarch64": other}, arches=("x86_64",))
+
+
 def test_metadata_checksums_and_sizes_match_the_files(tmp_path: Path, image_xz: Path) -> None:
     location = build_sample_compose(tmp_path, image_xz)
     data = json.loads((location / "metadata/images.json").read_text())

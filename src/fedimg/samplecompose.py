@@ -1,8 +1,9 @@
 """A sample compose on disk, served over HTTP: what the demo and the tests feed to discovery.
 
-The tree looks like a Fedora Cloud compose: the given image as the EC2 disk of each arch, plus
-decoys (a Server disk, a Cloud qcow2) that discovery must skip. The metadata is written with
-productmd's own writers, so it is what pungi would write.
+The tree looks like a Fedora Cloud compose: per arch, the given image as its EC2 disk
+(``Cloud/<arch>/images/Fedora-Cloud-Base-AmazonEC2-<version>.<arch>.raw.xz``, productmd arch
+``x86_64`` or ``aarch64``), plus decoys (a Server disk, a Cloud qcow2) that discovery must skip.
+The metadata is written with productmd's own writers, so it is what pungi would write.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -84,14 +85,23 @@ _QCOW2 = b"QFI\xfb" + bytes(508)
 
 def build_sample_compose(
     root: Path,
-    image_xz: Path,
+    image_xz: Path | Mapping[str, Path],
     compose_id: str = SAMPLE_COMPOSE_ID,
-    arches: tuple[str, ...] = ("x86_64",),
+    arches: tuple[str, ...] | None = None,
 ) -> Path:
-    """Writes ``root/<compose_id>/compose`` holding ``image_xz`` as each arch's EC2 image.
+    """Writes ``root/<compose_id>/compose`` holding each arch's EC2 image.
 
+    ``image_xz`` is one file used for every arch of ``arches`` (default x86_64 alone), or a
+    mapping arch → file, whose keys are then the arches (the demo: each arch's own sample image).
     Returns the compose dir: the ``location`` of the compose message. Re-running replaces it.
     """
+    if isinstance(image_xz, Mapping):
+        if arches is not None:
+            raise ValueError("arches come from the image mapping; do not give both")
+        per_arch = dict(image_xz)
+    else:
+        per_arch = {arch: image_xz for arch in arches or ("x86_64",)}
+    arches = tuple(per_arch)
     cid = parse_compose_id(compose_id)
     compose_dir = root / compose_id / "compose"
     if compose_dir.exists():
@@ -100,7 +110,7 @@ def build_sample_compose(
     _set_compose(images.compose, cid)
     digests: dict[Path, str] = {}
     for arch in arches:
-        for disk in _disks(cid, arch, image_xz):
+        for disk in _disks(cid, arch, per_arch[arch]):
             target = compose_dir / disk.path
             target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(disk.source, bytes):
