@@ -145,6 +145,23 @@ def test_a_local_boot_report_leaves_out_the_empty_ami_keys(rdb: str) -> None:
     assert result["data"]["architecture"] == ["x86_64"]
 
 
+def test_architecture_is_the_images_arch_unless_the_boot_result_names_its_own(rdb: str) -> None:
+    path = IMAGE.path.replace("x86_64", "aarch64")
+    arm = ImageRef.from_productmd(IMAGE.as_productmd() | {"path": path, "arch": "aarch64"})
+    local = boot_report(testcase=TESTCASE_LOCAL_BOOT, ami="", region="", image=arm)
+    assert reporter(rdb).report(boot_report(image=arm, ami="ami-0aaaaaaaaaaaaaaa1"))
+    assert reporter(rdb).report(local)
+    # A local boot of what the metadata calls x86_64 that the image shows to be aarch64.
+    assert reporter(rdb).report(boot_report(testcase=TESTCASE_LOCAL_BOOT, arch="aarch64"))
+
+    rows = fetch_results(rdb, COMPOSE.id)
+    assert sorted((r.item.split(".")[-3], r.testcase, r.architecture) for r in rows) == [
+        ("aarch64", TESTCASE_AMI_BOOT, "aarch64"),
+        ("aarch64", TESTCASE_LOCAL_BOOT, "aarch64"),
+        ("x86_64", TESTCASE_LOCAL_BOOT, "aarch64"),
+    ]
+
+
 def test_basic_auth_comes_from_the_named_environment_variables(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

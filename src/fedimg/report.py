@@ -193,6 +193,9 @@ class TestReport:
     region: str = ""
     # legacy-bios / uefi: the boot mode the test ran with
     firmware: str = ""
+    # The architecture the test ran (a local boot: read from the image); "" means the image's
+    # productmd arch. Reported under ``architecture`` as Fedora names it: x86_64, aarch64.
+    arch: str = ""
     note: str = ""
     ref_url: str = ""
 
@@ -342,7 +345,7 @@ def _conventions_result(r: TestReport, report_id: str) -> Any:
     extra = {
         "ami": r.ami,
         "region": r.region,
-        "architecture": r.image.arch,
+        "architecture": r.arch or r.image.arch,
         "firmware": r.firmware,
         REPORT_ID_KEY: report_id,
     }
