@@ -11,6 +11,7 @@ from fedimg.standins.aws import (
     ec2_deprecation,
     ec2_images,
     ec2_instances,
+    ec2_lifecycle,
     ec2_sharing,
     iam_model,
 )
@@ -53,4 +54,5 @@ def install() -> None:
         setattr(EC2Response, name, checked_tag_specifications(action, getattr(EC2Response, name)))
     ec2_images.patch_models()
     ec2_account.install()
+    ec2_lifecycle.install()
     iam_model.install()

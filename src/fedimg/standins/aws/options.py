@@ -33,9 +33,14 @@ def minute_seconds() -> float:
     return max(0.001, _float(MINUTE_SECONDS, 60.0))
 
 
+# AWS's default "Public AMIs" quota per region (Service Quotas ec2/L-0E3CBAB9).
+PUBLIC_AMI_QUOTA_DEFAULT = 5
+
+
 def public_ami_quota() -> int:
-    """Public AMIs allowed per region before ModifyImageAttribute fails (0: no quota)."""
-    return max(0, int(_float(PUBLIC_AMI_QUOTA, 0.0)))
+    """Public AMIs allowed per region: what GetServiceQuota reports and ModifyImageAttribute
+    enforces (AWS's default unless set)."""
+    return max(1, int(_float(PUBLIC_AMI_QUOTA, PUBLIC_AMI_QUOTA_DEFAULT)))
 
 
 def ssm_validation_delay() -> float:
