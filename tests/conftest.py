@@ -40,6 +40,8 @@ def settings(aws: str) -> Settings:
             wait_seconds=30,
             regions=("us-east-1", "us-west-2", "eu-west-1"),
         ),
+        # Boot tests SSH to a QEMU guest on loopback.
+        test=dataclasses.replace(s.test, ssh_cidr="127.0.0.1/32"),
     )
     return validate(s)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import lzma
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import boto3
 
+from fedimg.config import Settings
 from fedimg.samplecompose import build_sample_compose, serve_directory
 from fedimg.source import BLOCK_SIZE
 from fedimg.synthetic import write_sparse_image
@@ -68,3 +70,14 @@ def served_compose(
     location = build_sample_compose(root / "tree", xz, arches=("x86_64", "aarch64"))
     with serve_directory(root / "tree") as base:
         yield f"{base}/{location.relative_to(root / 'tree').as_posix()}", xz
+
+
+def trusting(settings: Settings, *locations: str) -> Settings:
+    """``settings`` with the test's loopback servers added to ``compose.trusted_locations``."""
+    compose = settings.compose
+    return dataclasses.replace(
+        settings,
+        compose=dataclasses.replace(
+            compose, trusted_locations=(*compose.trusted_locations, *locations)
+        ),
+    )

@@ -30,7 +30,7 @@ from fedimg.consumer import Consumer
 from fedimg.pipeline import Pipeline
 from fedimg.samplecompose import SAMPLE_COMPOSE_ID, build_sample_compose, compose_message
 from fedimg.source import BLOCK_SIZE
-from tests.helpers import ec2, synthetic_xz
+from tests.helpers import ec2, synthetic_xz, trusting
 
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"
 REGIONS = ("us-east-1", "us-west-2")
@@ -74,8 +74,9 @@ def good_xz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def consumer(moto_url: str) -> Consumer:
-    """One consumer for the whole corpus: it must survive every case."""
+def consumer(moto_url: str, served: tuple[Path, str]) -> Consumer:
+    """One consumer for the whole corpus: it must survive every case. It trusts the corpus's
+    server."""
     from fedimg import config
 
     s = config.validate(Settings())
@@ -89,6 +90,7 @@ def consumer(moto_url: str) -> Consumer:
         publish=dataclasses.replace(s.publish, deprecate_after_days=0),
         messaging=dataclasses.replace(s.messaging, publish=False, max_redeliveries=1),
     )
+    s = trusting(s, served[1])
     return Consumer(s, Pipeline(s, Clients(s.aws)), requeue_delay=lambda n: 0.0)
 
 

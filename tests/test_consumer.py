@@ -32,7 +32,7 @@ from fedimg.samplecompose import (
     compose_message,
 )
 from fedimg.standins.moto import free_port
-from tests.helpers import ec2, served_compose
+from tests.helpers import ec2, served_compose, trusting
 
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
@@ -44,8 +44,10 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def untested(settings: Settings) -> Settings:
-    """The boot test is exercised in tests/aws/test_boottest.py; here it is switched off."""
+def untested(settings: Settings, *trusted: str) -> Settings:
+    """The boot test is exercised in tests/aws/test_boottest.py; here it is switched off.
+    ``trusted``: the loopback compose locations the test's messages point at."""
+    settings = trusting(settings, *trusted)
     return dataclasses.replace(
         settings.with_aws(regions=REGIONS),
         test=dataclasses.replace(settings.test, enabled=False),
@@ -53,8 +55,8 @@ def untested(settings: Settings) -> Settings:
     )
 
 
-def consumer(settings: Settings) -> Consumer:
-    s = untested(settings)
+def consumer(settings: Settings, *trusted: str) -> Consumer:
+    s = untested(settings, *trusted)
     return Consumer(s, Pipeline(s, Clients(s.aws)), requeue_delay=lambda n: 0.0)
 
 
@@ -107,7 +109,7 @@ def test_other_statuses_are_acknowledged_and_ignored(
 def test_finished_compose_is_published(
     settings: Settings, compose: str, aws: str, status: str
 ) -> None:
-    c = consumer(settings)
+    c = consumer(settings, compose)
     c(message(compose_message(SAMPLE_COMPOSE_ID, compose, status)))
     (outcome,) = c.outcomes
     assert outcome.ok and len(outcome.images) == 2
@@ -118,17 +120,21 @@ def test_finished_compose_is_published(
 def test_unreadable_compose_is_dropped(settings: Settings, compose: str, aws: str) -> None:
     missing = compose.replace(SAMPLE_COMPOSE_ID, "Fedora-Cloud-99-20000101.0")
     with pytest.raises(Drop):
-        consumer(settings)(message(compose_message(SAMPLE_COMPOSE_ID, missing)))
+        consumer(settings, compose)(message(compose_message(SAMPLE_COMPOSE_ID, missing)))
 
 
-def refused_compose() -> str:
-    """A compose location that refuses connections: a cheap, certain transient failure."""
-    return compose_message(SAMPLE_COMPOSE_ID, f"http://127.0.0.1:{free_port()}/compose")
+REFUSING = f"http://127.0.0.1:{free_port()}/"
+
+
+def refused_compose() -> dict[str, Any]:
+    """A compose location that refuses connections (trusted where the tests use it): a cheap,
+    certain transient failure."""
+    return compose_message(SAMPLE_COMPOSE_ID, f"{REFUSING}compose")
 
 
 def test_without_a_broker_count_the_consumer_counts_requeues_itself(settings: Settings) -> None:
     """A classic queue gives no delivery count: the consumer's own memory bounds the requeues."""
-    c = consumer(settings)
+    c = consumer(settings, REFUSING)
     m = message(refused_compose())
     for _ in range(2):  # messaging.max_redeliveries = 2
         with pytest.raises(Nack):
@@ -143,7 +149,7 @@ def test_a_fresh_consumer_goes_on_from_the_brokers_count(
 ) -> None:
     """As after a restart: a new consumer, a message the broker delivered twice before."""
     with pytest.raises(Drop):
-        consumer(settings)(message(refused_compose(), {header: 2}))
+        consumer(settings, REFUSING)(message(refused_compose(), {header: 2}))
     assert "delivery limit reached (delivery count 2 of 2)" in caplog.text
 
 
@@ -154,7 +160,7 @@ def test_requeue_pause_grows_with_the_brokers_count(settings: Settings) -> None:
         pauses.append(redelivery)
         return 0.0
 
-    s = untested(settings)
+    s = untested(settings, REFUSING)
     c = Consumer(s, Pipeline(s, Clients(s.aws)), requeue_delay=pause)
     with pytest.raises(Nack):
         c(message(refused_compose(), {"x-delivery-count": 1}))
@@ -166,7 +172,7 @@ def test_count_past_the_limit_is_dropped_without_running(
     settings: Settings, compose: str, aws: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A queue whose own limit is higher than fedimg's (or missing): fedimg's limit holds."""
-    c = consumer(settings)
+    c = consumer(settings, compose)
     with pytest.raises(Drop):
         c(message(compose_message(SAMPLE_COMPOSE_ID, compose), {"x-delivery-count": 3}))
     assert "delivery count 3 is past the limit of 2" in caplog.text
@@ -180,10 +186,12 @@ def test_requeue_pause_must_be_seconds(value: Any) -> None:
         requeue_pause_from_config({"requeue_pause_seconds": value})
 
 
-def test_runs_of_one_compose_in_one_process_do_not_overlap(settings: Settings) -> None:
+def test_runs_of_one_compose_in_one_process_do_not_overlap(
+    settings: Settings, compose: str
+) -> None:
     """A redelivery after a lost connection arrives while the first run still goes on: it waits."""
     running, overlaps = [0], []
-    s = untested(settings)
+    s = untested(settings, compose)
 
     class Recording(Pipeline):
         def run_compose(self, location: str) -> Any:
@@ -194,7 +202,7 @@ def test_runs_of_one_compose_in_one_process_do_not_overlap(settings: Settings) -
             raise TransientError("boom")
 
     c = Consumer(s, Recording(s, Clients(s.aws)), requeue_delay=lambda n: 0.0)
-    body = refused_compose()
+    body = compose_message(SAMPLE_COMPOSE_ID, compose)
 
     def deliver(count: int) -> None:
         with pytest.raises(Nack):

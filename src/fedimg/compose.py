@@ -9,6 +9,11 @@ productmd validates strictly, and real composes list image types, formats and va
 before productmd learns them. An images.json entry or a composeinfo.json variant productmd
 rejects is skipped with a warning naming it; what fedimg uses (the compose, the release, the
 entries it selects) is still validated strictly. Keys productmd does not know it ignores.
+
+Trust (trust.py): the location given is vouched for by the caller (the consumer checked it
+against ``compose.trusted_locations``; an operator typed it); every redirect met while fetching
+must stay inside the trusted locations or under the location given, and plain http is refused
+except to loopback. TLS certificates are always verified (``compose.ca_bundle`` if set).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import productmd.composeinfo
 import productmd.images
 import requests
 
-from fedimg import __version__
+from fedimg import __version__, composeid, trust
 from fedimg.config import ARCHES, ComposeSettings
 from fedimg.errors import InputError, TransientError
 
@@ -105,10 +110,7 @@ def discover(location: str, selection: ComposeSettings) -> tuple[ComposeInfo, li
             raise InputError(
                 f"unsupported architecture {arch!r}; fedimg supports {', '.join(ARCHES)}"
             )
-    base = resolve_location(location)
-    with _Reader() as reader:
-        base, info_data = _read_composeinfo(reader, base)
-        images_data = reader.json(base, IMAGES)
+    base, info_data, images_data = _fetch_metadata(location, selection)
     info = _compose_info(base, info_data)
     images_compose_id, listed = _images(base, images_data, selection)
     if images_compose_id != info.compose_id:
@@ -119,6 +121,45 @@ def discover(location: str, selection: ComposeSettings) -> tuple[ComposeInfo, li
     selected = _select(base, listed, selection)
     log.debug("compose %s: %d images selected", info.compose_id, len(selected))
     return info, selected
+
+
+def verify_identity(compose_id: str, location: str, selection: ComposeSettings) -> ComposeInfo:
+    """The compose at ``location``, if it is compose ``compose_id``; InputError otherwise.
+
+    The id a message gives must be the one in composeinfo.json and in images.json, and the
+    compose's own release, date, type and respin must make that id (productmd's rule).
+    """
+    base, info_data, images_data = _fetch_metadata(location, selection)
+    info = _compose_info(base, info_data)
+    images_id = _images_header(_join(base, IMAGES), images_data).compose.id
+    if not compose_id == info.compose_id == images_id:
+        raise InputError(
+            f"compose ids differ: message {compose_id}, composeinfo.json {info.compose_id}, "
+            f"images.json {images_id}"
+        )
+    made = info.as_productmd().create_compose_id()
+    parsed = composeid.parse(compose_id)
+    if made != compose_id or parsed is None or parsed.date != info.date:
+        raise InputError(
+            f"compose {compose_id}: composeinfo.json's release {info.release_short}-"
+            f"{info.release_version}, date {info.date}, type {info.compose_type} and respin "
+            f"{info.respin} make the id {made}"
+        )
+    return info
+
+
+def _fetch_metadata(
+    location: str, selection: ComposeSettings
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The compose dir, its composeinfo.json and its images.json, as JSON objects."""
+    base = resolve_location(location)
+    trusted = None
+    if "://" in base:
+        trusted = trust.TrustedLocations(selection.trusted_locations).including(base)
+    with _Reader(trusted, selection.ca_bundle) as reader:
+        base, info_data = _read_composeinfo(reader, base)
+        images_data = reader.json(base, IMAGES)
+    return base, info_data, images_data
 
 
 def dry_run(location: str, selection: ComposeSettings) -> dict[str, Any]:
@@ -144,6 +185,10 @@ def resolve_location(location: str) -> str:
             raise InputError(f"compose location {location}: the URL has no host")
         if parts.query or parts.fragment:
             raise InputError(f"compose location {location}: the URL must not have a query")
+        try:
+            trust.parse(location)
+        except InputError as e:
+            raise InputError(f"compose location {e}") from None
         return location.rstrip("/")
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
@@ -173,11 +218,18 @@ class _NotFound(InputError):
 
 
 class _Reader:
-    """Reads metadata files from a directory or over HTTP with bounded waits and sizes."""
+    """Reads metadata files from a directory or over HTTP with bounded waits and sizes.
 
-    def __init__(self) -> None:
+    Over HTTP, redirects are followed only inside ``trusted``.
+    """
+
+    def __init__(self, trusted: trust.TrustedLocations | None, ca_bundle: str = "") -> None:
         self.session = requests.Session()
         self.session.max_redirects = MAX_REDIRECTS
+        # Given with each request: a session-wide value would yield to $REQUESTS_CA_BUNDLE.
+        self.verify: str | bool = ca_bundle or True
+        if trusted is not None:
+            trust.guard_session(self.session, trusted)
         self.session.headers["User-Agent"] = f"fedimg/{__version__}"
         self.session.headers["Accept"] = "application/json"
 
@@ -200,7 +252,7 @@ class _Reader:
 
     def _get(self, url: str) -> bytes:
         try:
-            with self.session.get(url, timeout=HTTP_TIMEOUT, stream=True) as r:
+            with self.session.get(url, timeout=HTTP_TIMEOUT, stream=True, verify=self.verify) as r:
                 status = r.status_code
                 if status in (404, 410):
                     raise _NotFound(f"{url}: not found (HTTP {status})")
@@ -334,11 +386,7 @@ def _images(
     select is not skipped: its error stops discovery, as before.
     """
     where = _join(base, IMAGES)
-    images = productmd.images.Images()
-    _productmd(
-        where,
-        lambda: (images.header.deserialize(data), images.compose.deserialize(data["payload"])),
-    )
+    images = _images_header(where, data)
     listing = data["payload"].get("images")
     if not isinstance(listing, dict) or not all(
         isinstance(arches, dict) and all(isinstance(e, list) for e in arches.values())
@@ -369,6 +417,16 @@ def _images(
                     continue
                 accepted.append(_Listed(variant, arch, image, entry))
     return images.compose.id, accepted
+
+
+def _images_header(where: str, data: dict[str, Any]) -> Any:
+    """images.json's header and compose, parsed: a ``productmd.images.Images`` with no images."""
+    images = productmd.images.Images()
+    _productmd(
+        where,
+        lambda: (images.header.deserialize(data), images.compose.deserialize(data["payload"])),
+    )
+    return images
 
 
 def _wanted(entry: Any, arch: str, selection: ComposeSettings) -> bool:

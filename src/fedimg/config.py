@@ -7,6 +7,7 @@ reads the file. AWS credentials never appear here: they come from the standard A
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import string
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedimg import trust
 from fedimg.aws import limits
 from fedimg.errors import ConfigError
 
@@ -88,6 +90,11 @@ class ComposeSettings:
     arches: tuple[str, ...] = ("x86_64", "aarch64")
     # Images of one compose processed at once.
     image_workers: int = 4
+    # Where a compose message's location must be (URL or absolute path prefixes, matched segment
+    # by segment); every redirect met while fetching must stay inside them too (trust.py).
+    trusted_locations: tuple[str, ...] = (trust.FEDORA_COMPOSES,)
+    # A PEM file of CA certificates to verify compose servers with; "": the system's.
+    ca_bundle: str = ""
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,10 @@ class TestSettings:
     # A failing boot test stops copy and publish of that image.
     block_publish: bool = True
     ssh_user: str = "fedora"
-    ssh_cidr: str = "0.0.0.0/0"
+    # The addresses the boot test's SSH comes from; required when the EC2 boot test runs.
+    ssh_cidr: str = ""
+    # A world-open ssh_cidr (0.0.0.0/0, ::/0) is refused unless this says so.
+    allow_ssh_from_anywhere: bool = False
     instance_types: dict[str, str] = field(
         default_factory=lambda: {"x86_64": "t3.small", "aarch64": "t4g.small"}
     )
@@ -164,6 +174,12 @@ class MessagingSettings:
 
 
 @dataclass(frozen=True)
+class CatalogSettings:
+    # Where the consumer writes catalog.json and index.html after each publish; "": it does not.
+    output_dir: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     aws: AwsSettings = field(default_factory=AwsSettings)
     image: ImageSettings = field(default_factory=ImageSettings)
@@ -172,6 +188,7 @@ class Settings:
     test: TestSettings = field(default_factory=TestSettings)
     resultsdb: ResultsDBSettings = field(default_factory=ResultsDBSettings)
     messaging: MessagingSettings = field(default_factory=MessagingSettings)
+    catalog: CatalogSettings = field(default_factory=CatalogSettings)
 
     def with_aws(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, aws=dataclasses.replace(self.aws, **changes))
@@ -297,6 +314,7 @@ def validate(s: Settings) -> Settings:
             raise ConfigError(f"compose.arches[{n}]: unsupported architecture {arch!r}")
     if s.compose.image_workers < 1:
         raise ConfigError("compose.image_workers: must be at least 1")
+    _trusted_locations(s.compose)
     p = s.publish
     for n, acct in enumerate(p.user_ids):
         if not ACCOUNT_RE.match(acct):
@@ -319,6 +337,7 @@ def validate(s: Settings) -> Settings:
     for arch in t.instance_types:
         if arch not in ARCHES:
             raise ConfigError(f"test.instance_types.{arch}: unknown architecture")
+    _ssh_cidr(t)
     names = [c.name for c in t.checks]
     if len(set(names)) != len(names):
         raise ConfigError("test.checks: two checks have the same name")
@@ -391,3 +410,28 @@ def _tags(tags: dict[str, str]) -> None:
         problem = limits.tag_problem(k, v)
         if problem:
             raise ConfigError(f"image.tags.{k}: {problem}")
+
+
+def _trusted_locations(c: ComposeSettings) -> None:
+    for n, prefix in enumerate(c.trusted_locations):
+        problem = trust.prefix_problem(prefix)
+        if problem:
+            raise ConfigError(f"compose.trusted_locations[{n}]: {problem}")
+    if c.ca_bundle and not os.path.isfile(c.ca_bundle):
+        raise ConfigError(f"compose.ca_bundle: {c.ca_bundle}: no such file")
+
+
+def _ssh_cidr(t: TestSettings) -> None:
+    """A valid CIDR, or empty (required where the EC2 boot test is built); never world-open by
+    default."""
+    if not t.ssh_cidr:
+        return
+    try:
+        network = ipaddress.ip_network(t.ssh_cidr, strict=False)
+    except ValueError:
+        raise ConfigError(f"test.ssh_cidr: {t.ssh_cidr!r} is not a CIDR block") from None
+    if network.prefixlen == 0 and not t.allow_ssh_from_anywhere:
+        raise ConfigError(
+            f"test.ssh_cidr: {t.ssh_cidr} opens the test instance's SSH to the whole internet; "
+            "give the CIDR fedimg connects from, or set test.allow_ssh_from_anywhere = true"
+        )

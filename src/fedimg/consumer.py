@@ -5,6 +5,10 @@ Run as ``fedora-messaging --conf fedimg-messaging.toml consume`` with
 
 - malformed message (missing or mistyped fields, a location that is not http(s)/file, a body too
   large to be pungi's), or a compose that cannot be read → logged with the reason, dropped;
+- a location outside ``compose.trusted_locations`` → dropped with a warning naming it, before
+  anything is fetched; a compose whose metadata is not the compose the message names (its
+  ``compose_id`` differs from composeinfo.json's or images.json's, or the compose's release and
+  date do not make that id) → dropped, the three ids in the log;
 - a status other than FINISHED / FINISHED_INCOMPLETE → acknowledged and ignored;
 - a transient failure (AWS, network) → requeued after a pause, until the message has been
   redelivered ``messaging.max_redeliveries`` times; then dropped (dead-lettered by the queue);
@@ -34,10 +38,12 @@ from fedora_messaging.exceptions import Drop, Nack
 from fedimg import config as config_mod
 from fedimg import logsafety
 from fedimg.aws.clients import Clients
+from fedimg.compose import verify_identity
 from fedimg.config import Settings
 from fedimg.errors import ConfigError, FedimgError, InputError, TransientError
 from fedimg.events import Sink, fan_out, log_sink
 from fedimg.pipeline import ComposeOutcome, Pipeline, Tester
+from fedimg.trust import TrustedLocations
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +164,12 @@ def build_pipeline(settings: Settings, extra_sinks: tuple[Sink, ...] = ()) -> Pi
 def _default_tester(settings: Settings, clients: Clients) -> Tester:
     from fedimg.aws.boottest import Ec2BootTester
 
+    if settings.test.enabled and not settings.test.ssh_cidr:
+        raise ConfigError(
+            "test.ssh_cidr: required when the EC2 boot test runs (test.enabled = true): "
+            "the CIDR block fedimg's SSH connections to the test instance come from"
+        )
+
     return Ec2BootTester(settings, clients)
 
 
@@ -187,6 +199,7 @@ class Consumer:
             settings = settings_from_consumer_config(consumer_config)
             requeue_delay = requeue_delay or requeue_pause_from_config(consumer_config)
         self.settings = settings
+        self.trusted = TrustedLocations(settings.compose.trusted_locations)
         self.pipeline = pipeline or build_pipeline(settings)
         self._requeue_delay = requeue_delay or backoff
         self._requeues: OrderedDict[str, int] = OrderedDict()
@@ -205,6 +218,16 @@ class Consumer:
         if compose.status not in ACTIONABLE:
             log.info("compose %s is %s: nothing to do", compose.compose_id, compose.status)
             return
+        try:
+            self.trusted.check(compose.location, "location")
+        except InputError as e:
+            log.warning(
+                "dropping compose %s from message %s: %s (compose.trusted_locations)",
+                compose.compose_id,
+                message.id,
+                e,
+            )
+            raise Drop() from e
         earlier = self._earlier_deliveries(message)
         limit = self.settings.messaging.max_redeliveries
         if earlier > limit:
@@ -229,6 +252,7 @@ class Consumer:
             log.info("compose %s is %s: publishing", compose.compose_id, compose.status)
         try:
             with self._one_run_at_a_time(compose.compose_id):
+                verify_identity(compose.compose_id, compose.location, self.settings.compose)
                 outcome = self.pipeline.run_compose(compose.location)
         except FedimgError as e:
             self._requeue_or_drop(message, compose, e, e.retryable, earlier)
@@ -237,10 +261,27 @@ class Consumer:
             log.exception("compose %s: unexpected error; dropping the message", compose.compose_id)
             raise Drop() from e
         self.outcomes.append(outcome)
+        self._refresh_catalog(outcome)
         if outcome.retryable:
             failed = [i.image_name for i in outcome.images if i.status == "failed"]
             self._requeue_or_drop(message, compose, f"transient failure of {failed}", True, earlier)
         self._forget(message)
+
+    def _refresh_catalog(self, outcome: ComposeOutcome) -> None:
+        """Rewrites the catalog (``catalog.output_dir``) once a compose published something.
+
+        A failure is logged and never redelivers the compose: its AMIs are published, and the
+        next publish (or ``fedimg catalog``) writes the catalog from AWS anew.
+        """
+        output_dir = self.settings.catalog.output_dir
+        if not output_dir or not any(i.status == "published" for i in outcome.images):
+            return
+        from fedimg.catalog import refresh_catalog
+
+        try:
+            refresh_catalog(self.settings, self.pipeline.clients, output_dir)
+        except FedimgError as e:
+            log.error("compose %s: the catalog was not refreshed: %s", outcome.compose_id, e)
 
     def _earlier_deliveries(self, message: Any) -> int:
         """The broker's count, or this process's own when the broker gives none (or less)."""

@@ -1,13 +1,15 @@
 """The embedded default: fedimg's whole job with no AWS account.
 
 Stand-ins, named as such: a moto server on a free loopback port for AWS, a local ResultsDB
-stand-in, and the project's own small bootable sample image (built and cached in ./build) inside a
-sample compose served over HTTP on loopback. What is real: the pipeline, productmd, QEMU booting
-the image, SSH checks, and (with ``--broker``) RabbitMQ.
+stand-in, and the project's own small bootable sample images, x86_64 and aarch64 (built and cached
+in ./build), inside a sample compose served over HTTP on loopback. What is real: the pipeline,
+productmd, QEMU booting the images, SSH checks, and (with ``--broker``) RabbitMQ.
 
-Steps: local boot test of the image under QEMU (BIOS and UEFI) → a FINISHED compose message →
-the consumer → upload, register, EC2 boot test (moto cannot boot instances, so the test's SSH goes
-to a QEMU guest of the same image) → copies to every region → publish → a table of the result.
+Steps: local boot test of each image under QEMU, in every firmware of its arch (x86_64: BIOS and
+UEFI; aarch64: UEFI) → a FINISHED compose message → the consumer → per image: upload, register,
+EC2 boot test (moto cannot boot instances, so the test's SSH goes to a QEMU guest of the image of
+the instance's architecture: aarch64 stands in for the ``t4g`` instance) → copies to every region
+→ publish → a table of the result.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import paramiko
 from rich.console import Console
 from rich.table import Table
 
@@ -29,14 +32,23 @@ from fedimg.boot.sample import SAMPLE_CHECKS
 from fedimg.config import Settings
 from fedimg.errors import TransientError
 from fedimg.events import Event, fan_out
+from fedimg.identity import AWS_ARCH
 from fedimg.pipeline import ComposeOutcome, Pipeline
+
+if TYPE_CHECKING:
+    from fedimg.aws.boottest import SshTarget, TargetResolver
+    from fedimg.boot.qemu import Guest
+    from fedimg.compose import ComposeImage
 
 BUILD_DIR = Path("build")
 DEMO_REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2")
+DEMO_ARCHES = ("x86_64", "aarch64")
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"
 
 
-def demo_settings(base: Settings, moto_url: str, resultsdb_url: str) -> Settings:
+def demo_settings(base: Settings, moto_url: str, resultsdb_url: str, compose_url: str) -> Settings:
+    """``base`` pointed at the stand-ins, trusting the sample compose's loopback server, the boot
+    test's SSH coming from loopback (to the QEMU guest)."""
     return dataclasses.replace(
         base,
         aws=dataclasses.replace(
@@ -48,19 +60,27 @@ def demo_settings(base: Settings, moto_url: str, resultsdb_url: str) -> Settings
             upload_workers=16,
         ),
         test=dataclasses.replace(
-            base.test, ssh_user="root", checks=SAMPLE_CHECKS, boot_seconds=60, ssh_seconds=60
+            base.test,
+            ssh_user="root",
+            ssh_cidr="127.0.0.1/32",
+            checks=SAMPLE_CHECKS,
+            boot_seconds=60,
+            ssh_seconds=60,
         ),
         resultsdb=dataclasses.replace(base.resultsdb, url=resultsdb_url),
         messaging=dataclasses.replace(base.messaging, publish=False),
-        compose=dataclasses.replace(base.compose, arches=("x86_64",)),
+        compose=dataclasses.replace(
+            base.compose,
+            arches=DEMO_ARCHES,
+            trusted_locations=(*base.compose.trusted_locations, compose_url),
+        ),
     )
 
 
 def run_demo(
     config_path: str | None = None, *, broker: str | None = None, build_dir: Path = BUILD_DIR
 ) -> ComposeOutcome:
-    from fedimg.aws.boottest import Ec2BootTester, SshTarget
-    from fedimg.boot.qemu import running_guest
+    from fedimg.aws.boottest import Ec2BootTester
     from fedimg.boot.sample import sample_image, sample_image_xz
     from fedimg.consumer import Consumer
     from fedimg.report import ResultsReporter, results_command
@@ -76,10 +96,10 @@ def run_demo(
     # Wide enough for full AMI ids when the output is not a terminal.
     console = Console(width=None if Console().is_terminal else 150)
     console.rule("[bold]fedimg demo")
-    console.print("building (or reusing) the sample bootable image in build/ …")
-    raw, xz = sample_image(build_dir), sample_image_xz(build_dir)
+    console.print("building (or reusing) the sample bootable images in build/ …")
+    raws = {arch: sample_image(build_dir, arch) for arch in DEMO_ARCHES}
     tree = build_dir / "demo"
-    location = build_sample_compose(tree, xz)
+    location = build_sample_compose(tree, {a: sample_image_xz(build_dir, a) for a in DEMO_ARCHES})
 
     with (
         moto_in_process() as moto_url,
@@ -90,25 +110,23 @@ def run_demo(
         console.print(f"ResultsDB stand-in:  {resultsdb_url}")
         compose_url = f"{http}/{location.relative_to(tree).as_posix()}"
         console.print(f"sample compose:      {compose_url}")
-        settings = demo_settings(config_mod.load(config_path), moto_url, resultsdb_url)
+        settings = demo_settings(config_mod.load(config_path), moto_url, resultsdb_url, compose_url)
         reporter = ResultsReporter(settings.resultsdb)
 
         console.rule("local boot test (QEMU)")
-        _local_boot_tests(console, raw, xz, compose_url, settings, reporter)
+        _local_boot_tests(console, raws, compose_url, settings, reporter)
 
         console.rule("the compose pipeline")
         clients = Clients(settings.aws)
-        with running_guest(raw, "bios", settings.test.ssh_user) as guest:
-            console.print(f"EC2 boot test: SSH goes to a QEMU guest at {guest.host}:{guest.port}")
-
-            def to_guest(instance: dict[str, Any], pkey: Any) -> SshTarget:
-                return SshTarget(guest.host, guest.port, guest.pkey)
-
+        with stand_in_guests(raws, settings) as guests:
+            for arch, guest in guests.items():
+                where = f"{guest.host}:{guest.port}"
+                console.print(f"EC2 boot test of {arch} AMIs: SSH goes to a QEMU guest at {where}")
             pipeline = Pipeline(
                 settings,
                 clients,
                 sink=fan_out([_printer(console)]),
-                tester=Ec2BootTester(settings, clients, resolve=to_guest),
+                tester=Ec2BootTester(settings, clients, resolve=to_guest_of_arch(guests)),
                 reporter=reporter,
             )
             consumer = Consumer(settings, pipeline)
@@ -124,10 +142,62 @@ def run_demo(
     return outcome
 
 
+def guest_firmware(settings: Settings, arch: str) -> str:
+    """The firmware a test instance of ``arch`` boots with: UEFI for boot modes ``uefi`` and
+    ``uefi-preferred`` (t3 and t4g instances support UEFI), BIOS for ``legacy-bios``."""
+    mode = settings.image.boot_mode.get(arch, "uefi")
+    return "bios" if mode == "legacy-bios" else "uefi"
+
+
+@contextmanager
+def stand_in_guests(raws: Mapping[str, Path], settings: Settings) -> Iterator[dict[str, Guest]]:
+    """A running QEMU guest per arch, standing in for the test instances moto cannot boot."""
+    from fedimg.boot.qemu import running_guest
+
+    with ExitStack() as stack:
+        yield {
+            arch: stack.enter_context(
+                running_guest(
+                    raw, guest_firmware(settings, arch), settings.test.ssh_user, arch=arch
+                )
+            )
+            for arch, raw in raws.items()
+        }
+
+
+def to_guest_of_arch(guests: Mapping[str, Guest]) -> TargetResolver:
+    """The boot test's SSH target for an instance: the guest of the instance's architecture, as
+    DescribeInstances names it (arm64 → the aarch64 guest)."""
+    from fedimg.aws.boottest import SshTarget
+    from fedimg.errors import TransientError
+
+    by_aws_arch = {AWS_ARCH[arch]: guest for arch, guest in guests.items()}
+
+    def resolve(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
+        guest = by_aws_arch.get(str(instance.get("Architecture")))
+        if guest is None:
+            raise TransientError(f"no stand-in guest for a {instance.get('Architecture')} instance")
+        return SshTarget(guest.host, guest.port, guest.pkey)
+
+    return resolve
+
+
+def local_boot_plan(
+    images: list[ComposeImage], raws: Mapping[str, Path]
+) -> list[tuple[ComposeImage, Path, str]]:
+    """(image, its raw disk, firmware) for every firmware QEMU boots the image's arch with."""
+    from fedimg.boot.qemu import MACHINES
+
+    return [
+        (image, raws[image.arch], firmware)
+        for image in images
+        for firmware in MACHINES[image.arch].firmwares
+    ]
+
+
 def _local_boot_tests(
     console: Console,
-    raw: Path,
-    xz: Path,
+    raws: Mapping[str, Path],
     compose_url: str,
     settings: Settings,
     reporter: Any,
@@ -137,18 +207,21 @@ def _local_boot_tests(
     from fedimg.report import TESTCASE_LOCAL_BOOT, ComposeRef, ImageRef, TestReport
 
     info, images = discover(compose_url, settings.compose)
-    for firmware in ("bios", "uefi"):
-        result = boot_test(raw, firmware, settings.test.checks, settings.test.ssh_user)
+    for image, raw, firmware in local_boot_plan(images, raws):
+        t = settings.test
+        result = boot_test(raw, firmware, t.checks, t.ssh_user, arch=image.arch)
         checks = ", ".join(f"{c.name} {c.outcome}" for c in result.checks)
         took = f"{result.seconds:.1f} s"
-        console.print(f"{xz.name} [{firmware}]: [bold]{result.outcome}[/] in {took} ({checks})")
+        name = image.path.rsplit("/", 1)[-1]
+        console.print(f"{name} [{firmware}]: [bold]{result.outcome}[/] in {took} ({checks})")
         reporter.report(
             TestReport(
                 outcome=result.outcome,
                 testcase=TESTCASE_LOCAL_BOOT,
-                image=ImageRef.from_productmd(images[0].metadata),
+                image=ImageRef.from_productmd(image.metadata),
                 compose=ComposeRef.from_composeinfo(info.metadata),
                 firmware=firmware,
+                arch=result.arch,
                 note=result.reason,
             )
         )
@@ -209,17 +282,19 @@ def _printer(console: Console) -> Any:
 
 
 def region_table(outcome: ComposeOutcome, clients: Clients) -> Table:
-    """Image x region → AMI id, state, public — read back from AWS, not from memory."""
+    """Image x region → AMI id, its architecture and boot mode, state, public — read back from
+    AWS, not from memory."""
     table = Table(title=f"compose {outcome.compose_id}")
-    for col in ("image", "region", "AMI", "state", "public"):
+    for col in ("image", "region", "AMI", "arch", "boot mode", "state", "public"):
         table.add_column(col)
-    for image in outcome.images:
+    for image in sorted(outcome.images, key=lambda i: i.image_name):
         if not image.regions:
-            table.add_row(image.image_name, "-", "-", image.status, image.error[:60])
+            table.add_row(image.image_name, "-", "-", "-", "-", image.status, image.error[:60])
         for region, ami in sorted(image.regions.items()):
             ec2 = clients.ec2(region)
-            state = ec2.describe_images(ImageIds=[ami])["Images"][0].get("State", "?")
+            held = ec2.describe_images(ImageIds=[ami])["Images"][0]
             perms = ec2.describe_image_attribute(ImageId=ami, Attribute="launchPermission")
-            public = {"Group": "all"} in perms.get("LaunchPermissions", [])
-            table.add_row(image.image_name, region, ami, state, "yes" if public else "no")
+            public = "yes" if {"Group": "all"} in perms.get("LaunchPermissions", []) else "no"
+            arch, mode = held.get("Architecture", "?"), held.get("BootMode", "?")
+            table.add_row(image.image_name, region, ami, arch, mode, held.get("State", "?"), public)
     return table

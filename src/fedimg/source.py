@@ -5,6 +5,10 @@ Nothing is written to disk. The raw size must be known before the first block (i
 snapshot): it comes from the file size (``.raw``), the xz index (``.raw.xz``), or a counting
 pass over the stream (gzip, zstd). Every way an input can be bad ends in an ``InputError``
 naming the problem; network trouble ends in a ``TransientError``.
+
+A URL is fetched with TLS verification always on, and follows a redirect only inside the trusted
+locations given or under the URL itself (trust.py); a redirect elsewhere is an ``InputError``,
+raised before anything is requested there. Plain http is refused except to loopback.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 import requests
 import urllib3.exceptions
 
+from fedimg import trust
 from fedimg.errors import ChecksumMismatch, ImageTooLarge, InputError, TransientError
 
 BLOCK_SIZE = 524288  # EBS direct's block size; never trust the one an emulator reports
@@ -114,11 +119,20 @@ _NETWORK_ERRORS = (
 class _Origin:
     """Where the published bytes come from: a local file or an http(s) URL, read by range."""
 
-    def __init__(self, location: str, policy: DownloadPolicy) -> None:
+    def __init__(
+        self,
+        location: str,
+        policy: DownloadPolicy,
+        trusted: Sequence[str] = (),
+        ca_bundle: str = "",
+    ) -> None:
         self.location = location
         self.policy = policy
         self.is_url = location.startswith(("http://", "https://"))
         self._session: requests.Session | None = None
+        # Given with each request: a session-wide value would yield to $REQUESTS_CA_BUNDLE.
+        self.verify: str | bool = ca_bundle or True
+        self._trusted = trust.TrustedLocations(trusted).including(location) if self.is_url else None
         # Every HTTP request made and every fault met, in order (for tests and logs).
         self.requests = 0
         self.faults: list[str] = []
@@ -135,6 +149,8 @@ class _Origin:
             # requests' default adapter retries nothing: the attempts here are the only layer.
             self._session = requests.Session()
             self._session.max_redirects = MAX_REDIRECTS
+            if self._trusted is not None:
+                trust.guard_session(self._session, self._trusted)
         return self._session
 
     def size(self) -> int:
@@ -194,7 +210,9 @@ class _Origin:
         self.requests += 1
         timeout = (self.policy.connect_timeout, self.policy.read_timeout)
         try:
-            r = self.session.request(method, url or self.location, timeout=timeout, **kw)
+            r = self.session.request(
+                method, url or self.location, timeout=timeout, verify=self.verify, **kw
+            )
         except requests.TooManyRedirects:
             raise InputError(f"{self.location}: too many redirects") from None
         except requests.RequestException as e:
@@ -464,7 +482,11 @@ class ImageSource:
         sha256: str | None = None,
         max_bytes: int = 32 * 1024**3,
         policy: DownloadPolicy | None = None,
+        trusted: Sequence[str] = (),
+        ca_bundle: str = "",
     ) -> None:
+        """``trusted``: where redirects may lead besides under ``location``; ``ca_bundle``: a PEM
+        file of CA certificates ("": the system's)."""
         self.location = location
         self.format = format_of(location)
         self.image_name = image_name_of(location)
@@ -472,7 +494,7 @@ class ImageSource:
         if self.expected_sha256 is not None and not _is_hex64(self.expected_sha256):
             raise InputError(f"--sha256: {sha256!r} is not a SHA-256 hex digest")
         self.max_bytes = max_bytes
-        self._origin = _Origin(location, policy or DownloadPolicy())
+        self._origin = _Origin(location, policy or DownloadPolicy(), trusted, ca_bundle)
         self._hashing: _Hashing | None = None
         self._raw_size: int | None = None
         self.raw_bytes = 0
