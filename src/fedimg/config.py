@@ -180,6 +180,24 @@ class CatalogSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """Which of fedimg's AMIs ``fedimg prune`` removes (composekind.py says what each kind is)."""
+
+    # Days a pre-release's AMIs (Beta …) are kept after the first GA AMI of their release.
+    prerelease_days_after_ga: int = 60
+    # Days a nightly's AMIs (Rawhide, Branched, test composes) are kept after their creation.
+    nightly_days: int = 30
+    # The newest composes kept per release, subvariant and architecture, whatever their age.
+    keep_newest: int = 3
+    # GA AMIs get deregistration protection (publishing and prune set it).
+    protect_ga: bool = True
+    # The consumer prunes after each compose.
+    prune_after_compose: bool = False
+    # Before publishing past the region's public-AMI quota, prune that region per this policy.
+    prune_for_quota: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     aws: AwsSettings = field(default_factory=AwsSettings)
     image: ImageSettings = field(default_factory=ImageSettings)
@@ -188,6 +206,7 @@ class Settings:
     test: TestSettings = field(default_factory=TestSettings)
     resultsdb: ResultsDBSettings = field(default_factory=ResultsDBSettings)
     messaging: MessagingSettings = field(default_factory=MessagingSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
 
     def with_aws(self, **changes: Any) -> Settings:
@@ -345,6 +364,8 @@ def validate(s: Settings) -> Settings:
         raise ConfigError("resultsdb.url: must be an http(s) URL")
     if s.messaging.environment not in ("prod", "stg"):
         raise ConfigError("messaging.environment: must be prod or stg")
+    if s.retention.keep_newest < 1:
+        raise ConfigError("retention.keep_newest: must be at least 1")
     return s
 
 
