@@ -71,10 +71,12 @@ class Bus:
         declare_exchange(amqp_url, self.exchange)
         declare_queue(amqp_url, self.dead, {"x-queue-type": "quorum"})
 
-    def use_aws(self, endpoint: str) -> None:
+    def use_aws(self, endpoint: str, *trusted: str) -> None:
+        """AWS at ``endpoint``; ``trusted``: the loopback compose locations messages point at."""
         self.fedimg_toml.write_text(
             f'[aws]\nendpoint_url = "{endpoint}"\nregions = {json.dumps(list(REGIONS))}\n'
             "max_attempts = 2\nwait_seconds = 60\n[test]\nenabled = false\n"
+            f"[compose]\ntrusted_locations = {json.dumps(list(trusted))}\n"
             f"[messaging]\nmax_redeliveries = {self.arguments['x-delivery-limit']}\n"
         )
 
@@ -125,9 +127,9 @@ def bus(amqp_url: str, tmp_path: Path) -> Iterator[Bus]:
 
 
 @pytest.fixture
-def aws_bus(bus: Bus, aws: str) -> Bus:
-    """``bus`` with the moto server as AWS."""
-    bus.use_aws(aws)
+def aws_bus(bus: Bus, aws: str, compose: str) -> Bus:
+    """``bus`` with the moto server as AWS, trusting the sample compose."""
+    bus.use_aws(aws, compose)
     return bus
 
 
@@ -217,6 +219,7 @@ def test_killed_consumer_goes_on_from_the_brokers_count(bus: Bus) -> None:
     log, and the message is parked in the dead-letter queue."""
     limit = bus.arguments["x-delivery-limit"]
     location = f"http://127.0.0.1:{free_port()}/compose"
+    bus.use_aws(f"http://127.0.0.1:{free_port()}", location)
     # The first consumer pauses 30 s before its Nack: SIGKILL lands in the pause, so the message
     # comes back through the lost connection, never through a Nack.
     with bus.consumer(bus.conf(requeue_pause=30.0), "first") as first:
