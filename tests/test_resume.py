@@ -63,7 +63,7 @@ def write_config(tmp_path: Path, aws: str) -> Path:
         f'[aws]\nendpoint_url = "{aws}"\nregions = {json.dumps(list(REGIONS))}\n'
         "max_attempts = 2\nwait_seconds = 60\nupload_workers = 4\n"
         "[publish]\ndeprecate_after_days = 0\n"
-        '[test]\nssh_user = "root"\nssh_seconds = 30\n'
+        '[test]\nssh_user = "root"\nssh_seconds = 30\nssh_cidr = "127.0.0.1/32"\n'
         '[[test.checks]]\nname = "true"\ncommand = "/bin/true"\n'
     )
     return cfg
