@@ -36,9 +36,10 @@ MAX_DEPRECATION_DAYS = limits.PUBLIC_DEPRECATION_MAX_DAYS
 # The most tags fedimg itself puts on one resource: Name and the five identity tags
 # (identity.py: managed, image-key, image-name, sha256, compose-id), plus per kind: snapshots
 # state, changed-blocks, linear-checksum, lease-owner, lease-until (snapshot.py); copies role,
-# source-ami, source-region; test resources role, test-run, ami. image.tags may add AWS's 50
-# minus these; tests/test_pipeline.py fills a run up to exactly 50.
-FEDIMG_TAGS_PER_RESOURCE = 11
+# source-ami, source-region; test resources role, test-run, ami; and on every resource of a
+# compose, its kind, release and subvariant (composekind.KIND_TAG_COUNT). image.tags may add
+# AWS's 50 minus these; tests/test_pipeline.py fills a run up to exactly 50.
+FEDIMG_TAGS_PER_RESOURCE = 14
 MAX_EXTRA_TAGS = limits.TAGS_PER_RESOURCE - FEDIMG_TAGS_PER_RESOURCE
 # The longest values a name template can meet, to check templates at start-up (regions and
 # subvariants: the configured ones). Fedora's longest EC2 image names are Rawhide nightlies

@@ -16,6 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from fedimg.composekind import Kind, kind_tags
 from fedimg.errors import InputError
 
 TAG_KEY = "fedimg:image-key"
@@ -41,6 +42,8 @@ class ImageIdentity:
     release: str = ""
     subvariant: str = ""
     url: str = ""
+    # composekind.Kind's value for the compose ("" when not from a compose): recorded as tags.
+    compose_kind: str = ""
 
     def __post_init__(self) -> None:
         if self.arch not in AWS_ARCH:
@@ -77,6 +80,8 @@ class ImageIdentity:
         tags.update(self.content_tags())
         if self.compose_id:
             tags[TAG_COMPOSE] = self.compose_id
+        if self.compose_kind:
+            tags.update(kind_tags(Kind(self.compose_kind), self.release, self.subvariant))
         return tags
 
 

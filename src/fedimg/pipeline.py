@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedimg import composekind
 from fedimg.aws.clients import Clients
 from fedimg.aws.image import RegisteredImage
 from fedimg.aws.publish import publish_image
@@ -138,6 +139,12 @@ class Pipeline:
             release=info.release_version,
             subvariant=image.subvariant,
             url=image.url,
+            compose_kind=composekind.classify(
+                info.compose_id,
+                compose_type=info.compose_type,
+                label=info.label,
+                release_version=info.release_version,
+            ).value,
         )
         return self.publish_identity(identity, image.url, image, info)
 
