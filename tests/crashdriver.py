@@ -67,6 +67,9 @@ def main(cfg: str, location: str, point: str, port: str, key_file: str) -> int:
     clients = Clients(settings.aws, session=session)
     tester = Ec2BootTester(settings, clients, resolve=to_guest)
     outcome = Pipeline(settings, clients, sink, tester).run_compose(location)
+    for image in outcome.images:
+        if image.error:
+            print(f"{image.image_name}: {image.error}", file=sys.stderr)
     return 0 if outcome.ok else 1
 
 

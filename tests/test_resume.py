@@ -69,7 +69,8 @@ def write_config(tmp_path: Path, aws: str) -> Path:
     return cfg
 
 
-def run(cfg: Path, compose: str, point: str, guest: Guest, key: Path) -> int:
+def run(cfg: Path, compose: str, point: str, guest: Guest, key: Path) -> tuple[int, str]:
+    """The driver's exit status, and the end of its error output (for the assertion message)."""
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [
@@ -86,8 +87,9 @@ def run(cfg: Path, compose: str, point: str, guest: Guest, key: Path) -> int:
         cwd=ROOT,
         capture_output=True,
         timeout=300,
+        text=True,
     )
-    return proc.returncode
+    return proc.returncode, proc.stderr[-3000:]
 
 
 def end_state(aws: str) -> dict[str, object]:
@@ -152,6 +154,8 @@ def test_killed_run_is_finished_by_the_next(
 ) -> None:
     cfg = write_config(tmp_path, aws)
     key = guest_key[2]
-    assert run(cfg, compose, point, guest, key) == -9  # SIGKILL
-    assert run(cfg, compose, "none", guest, key) == 0
+    killed = run(cfg, compose, point, guest, key)
+    assert killed[0] == -9, killed  # SIGKILL
+    again = run(cfg, compose, "none", guest, key)
+    assert again[0] == 0, again
     assert end_state(aws) == EXPECTED
