@@ -324,6 +324,47 @@ def gc(obj: _Context, yes: bool, as_json: bool) -> None:
 
 @main.command()
 @_config_after_command
+@click.option(
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False),
+    help="Directory for catalog.json and index.html (default: catalog.output_dir, else ./catalog).",
+)
+@click.pass_obj
+@_fail_cleanly
+def catalog(obj: _Context, output_dir: str | None) -> None:
+    """Write the public catalog (catalog.json and a static index.html) of fedimg's AMIs, read
+    from AWS in every configured region."""
+    from fedimg.aws.clients import Clients
+    from fedimg.catalog import catalog_command
+
+    settings = obj.settings
+    output_dir = output_dir or settings.catalog.output_dir or "catalog"
+    sys.exit(catalog_command(settings, Clients(settings.aws), output_dir))
+
+
+@main.command("list")
+@_config_after_command
+@click.option("--release", help="Only this release (42, Rawhide).")
+@click.option("--region", help="Only this region.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (catalog.json's entries).")
+@click.pass_obj
+@_fail_cleanly
+def list_images(obj: _Context, release: str | None, region: str | None, as_json: bool) -> None:
+    """List fedimg's AMIs as AWS holds them: the catalog, for operators."""
+    from fedimg.aws.clients import Clients
+    from fedimg.catalog import list_command
+
+    settings = obj.settings
+    sys.exit(
+        list_command(
+            settings, Clients(settings.aws), release=release, region=region, as_json=as_json
+        )
+    )
+
+
+@main.command()
+@_config_after_command
 @click.option("--broker", help="AMQP URL: feed the compose message through this broker.")
 @click.pass_obj
 @_fail_cleanly

@@ -268,20 +268,13 @@ class Consumer:
         self._forget(message)
 
     def _refresh_catalog(self, outcome: ComposeOutcome) -> None:
-        """Rewrites the catalog (``catalog.output_dir``) once a compose published something.
+        """Rewrites the catalog when ``catalog.output_dir`` is set (never fails the compose)."""
+        if self.settings.catalog.output_dir:
+            from fedimg.catalog import refresh_after_publish
 
-        A failure is logged and never redelivers the compose: its AMIs are published, and the
-        next publish (or ``fedimg catalog``) writes the catalog from AWS anew.
-        """
-        output_dir = self.settings.catalog.output_dir
-        if not output_dir or not any(i.status == "published" for i in outcome.images):
-            return
-        from fedimg.catalog import refresh_catalog
-
-        try:
-            refresh_catalog(self.settings, self.pipeline.clients, output_dir)
-        except FedimgError as e:
-            log.error("compose %s: the catalog was not refreshed: %s", outcome.compose_id, e)
+            refresh_after_publish(
+                self.settings, self.pipeline.clients, outcome, self.settings.catalog.output_dir
+            )
 
     def _earlier_deliveries(self, message: Any) -> int:
         """The broker's count, or this process's own when the broker gives none (or less)."""
