@@ -14,6 +14,7 @@ import lzma
 import os
 import re
 import shutil
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -206,11 +207,19 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         """Tests and the demo have their own output; no request log on stderr."""
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that stops reading early (fedimg reads an xz index off the end, then closes)
+        is normal; anything else is still printed."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @contextmanager
 def serve_directory(root: Path) -> Iterator[str]:
     """Serves ``root`` over HTTP on loopback in a background thread; yields the base URL."""
     handler = partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _QuietServer(("127.0.0.1", 0), handler)
     # A short poll interval: shutdown() waits for it, and tests start many servers.
     thread = threading.Thread(
         target=server.serve_forever, args=(0.05,), name="sample-compose-http", daemon=True

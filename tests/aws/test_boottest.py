@@ -1,9 +1,13 @@
 """The EC2 boot test stage: EC2 calls go to moto, SSH goes to a real QEMU guest of the sample image
-(moto cannot boot instances), so the real SSH and check code runs against a really booted image."""
+(moto cannot boot instances), so the real SSH and check code runs against a really booted image.
+
+Two guests for the whole module: the x86_64 sample (BIOS) and the aarch64 sample (UEFI, emulated:
+its boot is the slow part, ~13 s), which stands in for the ``t4g`` instance of an arm64 AMI."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,15 +15,20 @@ from typing import Any
 import boto3
 import paramiko
 import pytest
+from rich.console import Console
 
 from fedimg.aws.boottest import Ec2BootTester, SshTarget
 from fedimg.aws.clients import Clients
 from fedimg.boot.qemu import Guest, running_guest
-from fedimg.boot.sample import sample_image
+from fedimg.boot.sample import sample_image, sample_image_xz
 from fedimg.config import Check, Settings
+from fedimg.demo import region_table, to_guest_of_arch
 from fedimg.identity import ImageIdentity
-from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, TestSubject
+from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, Pipeline, TestSubject
+from fedimg.report import ResultsReporter, fetch_results
+from fedimg.samplecompose import build_sample_compose, serve_directory
 from fedimg.standins.moto import free_port
+from fedimg.standins.resultsdb import resultsdb_standin
 from tests.helpers import Recorder, ec2, record
 
 CHECKS = (
@@ -34,6 +43,23 @@ IDENTITY = ImageIdentity("Fedora-Cloud-Base-AmazonEC2-99-1.0.x86_64", "x86_64", 
 def guest(build_dir: Path) -> Iterator[Guest]:
     with running_guest(sample_image(build_dir), "bios", "root") as g:
         yield g
+
+
+@pytest.fixture(scope="module")
+def arm_guest(build_dir: Path) -> Iterator[Guest]:
+    """The module's one aarch64 boot (TCG): the stand-in for every arm64 test instance."""
+    with running_guest(sample_image(build_dir, "aarch64"), "uefi", "root", arch="aarch64") as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def sample_compose(build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo's compose: each arch's real sample image, served over HTTP; yields its location."""
+    tree = tmp_path_factory.mktemp("compose")
+    xzs = {arch: sample_image_xz(build_dir, arch) for arch in ("x86_64", "aarch64")}
+    location = build_sample_compose(tree, xzs)
+    with serve_directory(tree) as base:
+        yield f"{base}/{location.relative_to(tree).as_posix()}"
 
 
 def boot_settings(settings: Settings, checks: tuple[Check, ...] = CHECKS, **test: Any) -> Settings:
@@ -159,4 +185,71 @@ def test_interrupt_still_cleans_up(settings: Settings, aws: str) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         run(boot_settings(settings), interrupted, aws)
+    assert leftovers(aws) == NOTHING_LEFT
+
+
+def test_an_arch_the_configuration_leaves_out_gets_its_default_instance_type(
+    settings: Settings, aws: str
+) -> None:
+    """A ``test.instance_types`` table naming x86_64 only must not put an arm64 AMI on t3."""
+    s = boot_settings(settings, instance_types={"x86_64": "t3.micro"})
+    session = boto3.session.Session()
+    rec = record(session)
+
+    def interrupted(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
+        raise KeyboardInterrupt
+
+    arm = ImageIdentity("Fedora-Cloud-Base-AmazonEC2-99-1.0.aarch64", "aarch64", "cd" * 32)
+    ami = ec2(aws).register_image(
+        Name="arm-under-test", RootDeviceName="/dev/sda1", Architecture="arm64"
+    )["ImageId"]
+    with pytest.raises(KeyboardInterrupt):
+        Ec2BootTester(s, Clients(s.aws, session=session), interrupted)(
+            TestSubject(arm, ami, "us-east-1")
+        )
+    (launch,) = rec.of("RunInstances")
+    assert launch["InstanceType"] == "t4g.small"
+
+
+def test_both_arches_are_registered_tested_and_published_as_their_own_arch(
+    settings: Settings, guest: Guest, arm_guest: Guest, sample_compose: str, aws: str
+) -> None:
+    """The demo's pipeline: each AMI's test instance SSHes to the guest of its architecture."""
+    checks = (*CHECKS, Check("machine", "uname -m"))
+    s = boot_settings(settings, checks)
+    session = boto3.session.Session()
+    rec = record(session)
+    clients = Clients(s.aws, session=session)
+    with resultsdb_standin() as rdb:
+        s = dataclasses.replace(s, resultsdb=dataclasses.replace(s.resultsdb, url=rdb))
+        tester = Ec2BootTester(
+            s, clients, to_guest_of_arch({"x86_64": guest, "aarch64": arm_guest})
+        )
+        pipeline = Pipeline(s, clients, tester=tester, reporter=ResultsReporter(s.resultsdb))
+        outcome = pipeline.run_compose(sample_compose)
+        rows = fetch_results(rdb, outcome.compose_id)
+
+    assert outcome.ok, [i.error for i in outcome.images]
+    by_arch = {i.arch: i for i in outcome.images}
+    expected = {"x86_64": ("x86_64", "uefi-preferred"), "aarch64": ("arm64", "uefi")}
+    for arch, image in by_arch.items():
+        assert image.test is not None
+        assert {c["name"]: c["output"].strip() for c in image.test.checks}["machine"] == arch
+        assert sorted(image.regions) == sorted(s.aws.regions)
+        for region, ami in image.regions.items():  # the copies keep the base AMI's attributes
+            (held,) = ec2(aws, region).describe_images(ImageIds=[ami])["Images"]
+            assert (held["Architecture"], held["BootMode"]) == expected[arch]
+    launched = {r["ImageId"]: r["InstanceType"] for r in rec.of("RunInstances")}
+    assert launched == {
+        by_arch["x86_64"].base_ami: "t3.small",
+        by_arch["aarch64"].base_ami: "t4g.small",
+    }
+    assert {(r.ami, r.architecture, r.outcome) for r in rows} == {
+        (by_arch[arch].base_ami, arch, PASSED) for arch in by_arch
+    }
+    table = io.StringIO()
+    Console(file=table, width=250).print(region_table(outcome, clients))
+    arm_rows = [line for line in table.getvalue().splitlines() if ".aarch64 " in line]
+    assert len(arm_rows) == len(s.aws.regions)
+    assert all(" arm64 " in line and " uefi " in line for line in arm_rows)
     assert leftovers(aws) == NOTHING_LEFT

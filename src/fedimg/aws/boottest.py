@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fedimg.aws.clients import Clients, translate
 from fedimg.aws.wait import wait_until
-from fedimg.config import Settings
+from fedimg.config import Settings, TestSettings
 from fedimg.errors import AwsError, FedimgError, TransientError
 from fedimg.identity import TAG_ROLE, TAG_TEST_RUN, TAG_TESTED_AMI, tag_list
 from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, TestSubject, TestVerdict
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONSOLE_TAIL = 4000  # characters of console output kept with a failure
+# A configured ``test.instance_types`` table replaces the default one: an arch it leaves out
+# still gets an instance type of its own architecture (an arm64 AMI cannot launch on t3).
+DEFAULT_INSTANCE_TYPES = TestSettings().instance_types
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ def public_address(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
     if not host:
         raise TransientError(f"instance {instance['InstanceId']} has no address")
     return SshTarget(str(host), 22, pkey)
+
+
+def instance_type(settings: Settings, arch: str) -> str:
+    """The test instance's type for an image of ``arch`` (fedimg's name: x86_64, aarch64)."""
+    return settings.test.instance_types.get(arch) or DEFAULT_INSTANCE_TYPES[arch]
 
 
 def metadata_options(settings: Settings) -> dict[str, Any]:
@@ -185,10 +193,9 @@ class _TestRun:
                 }
             ],
         )
-        arch = self.subject.identity.arch
         self.instance_id = self.ec2.run_instances(
             ImageId=self.subject.ami,
-            InstanceType=t.instance_types.get(arch, "t3.small"),  # type: ignore[arg-type]
+            InstanceType=instance_type(self.settings, self.subject.identity.arch),  # type: ignore[arg-type]
             KeyName=self.key_name,
             SecurityGroupIds=[self.group_id],
             MinCount=1,
