@@ -212,5 +212,6 @@ def test_test_results_go_to_resultsdb(settings: Settings, compose_url: str, aws:
         ("fedimg.ami.boot", "FAILED"),
         ("fedimg.ami.boot", "FAILED"),
     ]
-    assert {r.ami for r in rows} == {i.base_ami for i in outcome.images}
+    assert {(r.ami, r.architecture) for r in rows} == {(i.base_ami, i.arch) for i in outcome.images}
+    assert {r.architecture for r in rows} == {"x86_64", "aarch64"}
     assert {r.region for r in rows} == {"us-east-1"}
