@@ -351,10 +351,17 @@ def test_connection_refused_is_transient() -> None:
 
 
 class _Misbehaving(http.server.BaseHTTPRequestHandler):
-    """/500/…: server error; /slow/…: answers late; /loop/…: redirects to itself."""
+    """/500/…: server error; /slow/…: answers late; /loop/…: redirects to itself;
+    /to/PORT/…: redirects to … on loopback port PORT."""
 
     def do_GET(self) -> None:
-        if self.path.startswith("/500/"):
+        if self.path.startswith("/to/"):
+            port, path = self.path[len("/to/") :].split("/", 1)
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{port}/{path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path.startswith("/500/"):
             self.send_error(503)
         elif self.path.startswith("/slow/"):
             time.sleep(1.0)
@@ -401,6 +408,30 @@ def test_http_timeout_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_http_redirect_loop_is_input_error() -> None:
     with misbehaving_server() as base, pytest.raises(InputError, match="redirects"):
         discover(f"{base}/loop/compose", DEFAULT)
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_http_redirects_are_followed_only_inside_the_trusted_locations(trusted: bool) -> None:
+    with serve_directory(FIXTURES) as fixtures, misbehaving_server() as base:
+        selection = ComposeSettings(trusted_locations=(f"{fixtures}/",) if trusted else ())
+        location = f"{base}/to/{fixtures.rsplit(':', 1)[1]}/{F41}/compose"
+        if trusted:
+            assert len(discover(location, selection)[1]) == 2
+        else:
+            with pytest.raises(InputError, match=f"composeinfo.json redirects outside: .*{F41}"):
+                discover(location, selection)
+
+
+def test_plain_http_to_a_host_other_than_loopback_is_refused_before_fetching() -> None:
+    with pytest.raises(InputError, match="plain http is allowed only to loopback"):
+        discover("http://kojipkgs.fedoraproject.org/compose/x/compose", DEFAULT)
+
+
+def test_identity_is_the_id_in_both_metadata_files() -> None:
+    location = str(FIXTURES / F41 / "compose")
+    assert compose.verify_identity(F41, location, DEFAULT).compose_id == F41
+    with pytest.raises(InputError, match=f"message {F42}, composeinfo.json {F41}, images.json"):
+        compose.verify_identity(F42, location, DEFAULT)
 
 
 def test_http_other_4xx_is_input_error() -> None:

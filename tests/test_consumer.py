@@ -21,6 +21,7 @@ from fedimg.config import Settings
 from fedimg.consumer import (
     Consumer,
     backoff,
+    build_pipeline,
     parse_compose_message,
     requeue_pause_from_config,
     settings_from_consumer_config,
@@ -214,6 +215,25 @@ def test_runs_of_one_compose_in_one_process_do_not_overlap(
     for t in threads:
         t.join(5)
     assert overlaps == [1, 1]
+
+
+def test_the_ec2_boot_test_needs_an_ssh_cidr_and_a_world_open_one_needs_saying_so(
+    settings: Settings,
+) -> None:
+    unset = dataclasses.replace(settings, test=dataclasses.replace(settings.test, ssh_cidr=""))
+    with pytest.raises(ConfigError, match=r"^test\.ssh_cidr: required when the EC2 boot test"):
+        build_pipeline(unset)
+    for cidr in ("0.0.0.0/0", "::/0"):
+        with pytest.raises(ConfigError, match=r"^test\.ssh_cidr: .* whole internet"):
+            settings_from_consumer_config({"test": {"ssh_cidr": cidr}})
+        allowed = {"test": {"ssh_cidr": cidr, "allow_ssh_from_anywhere": True}}
+        assert settings_from_consumer_config(allowed).test.ssh_cidr == cidr
+
+
+def test_untrusted_location_in_a_config_is_refused_naming_the_key() -> None:
+    bad = {"compose": {"trusted_locations": ["https://x.example/", "http://x.example/"]}}
+    with pytest.raises(ConfigError, match=r"^compose\.trusted_locations\[1\]: .*loopback"):
+        settings_from_consumer_config(bad)
 
 
 def test_consumer_config_names_a_file_or_holds_tables(tmp_path: Path) -> None:
