@@ -3,7 +3,9 @@ SSM "latest" parameter, and a deprecation time — each read back from AWS befor
 
 Before making anything public in a region, the account's block-public-access settings there are
 read: a setting that would refuse the configured publishing fails that region with an error that
-names the setting and the command that changes it, and nothing is made public.
+names the setting and the command that changes it, and nothing is made public. Then the region's
+public-AMI quota must have room (prune_quota.py). A GA release's AMI is protected from
+deregistration.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fedimg.aws import limits
 from fedimg.aws.clients import Clients, error_code, translate
+from fedimg.aws.prune_quota import ensure_public_capacity
 from fedimg.aws.wait import wait_until
 from fedimg.composeid import is_newer
+from fedimg.composekind import Kind
 from fedimg.config import PublishSettings, Settings
 from fedimg.errors import AwsError, InputError, TransientError
 from fedimg.identity import TAG_COMPOSE, ImageIdentity, tags_of
@@ -30,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNBLOCKED = "unblocked"
+UNPROTECTED = "disabled"  # DescribeImages' DeregistrationProtection when off
+# Answers of a region or partition that lacks an action.
+NOT_OFFERED = frozenset({"InvalidAction", "UnsupportedOperation"})
 # PutParameter with DataType aws:ec2:image returns before AWS has validated the AMI id; until then
 # GetParameter returns the previous value. Validation takes seconds; this bounds the wait.
 SSM_CONFIRM_SECONDS = 120.0
@@ -77,6 +84,8 @@ def publish_image(
         check_block_public_access(
             ec2, region, images=make_public, snapshots=p.public_snapshots and bool(snapshots)
         )
+        if make_public:
+            ensure_public_capacity(settings, clients, region, now=now)
         perms = _launch_permission(p)
         if perms and (make_public or not p.public):
             # LaunchPermission alone names the attribute: one attribute per call.
@@ -84,16 +93,36 @@ def publish_image(
         for snap in snapshots:
             _share_snapshot(ec2, p, snap)
         deprecate_at = _deprecate(ec2, settings, image, now or dt.datetime.now(dt.UTC))
+        _protect_ga(ec2, settings, identity, image)
         parameter = _update_latest(clients.ssm(region), ec2, settings, identity, ami, region)
     except (ClientError, BotoCoreError) as e:
         if error_code(e) == "ResourceLimitExceeded":
             raise AwsError(
                 f"{what}: the account's public AMI quota in {region} is used up "
-                "(ResourceLimitExceeded); raise it or deregister old public AMIs",
+                "(ResourceLimitExceeded, Service Quotas ec2/L-0E3CBAB9); raise it or run "
+                "`fedimg prune --yes`",
                 retryable=False,
             ) from e
         raise translate(e, what) from e
     return Published(region, ami, tuple(snapshots), parameter, deprecate_at)
+
+
+def _protect_ga(
+    ec2: EC2Client, settings: Settings, identity: ImageIdentity, image: dict[str, Any]
+) -> None:
+    """A GA release's AMI is kept for ever: protected from deregistration where AWS offers it
+    (EnableImageDeregistrationProtection; without the 24-hour cooldown, so that a person who
+    means it can still remove one)."""
+    if identity.compose_kind != Kind.GA or not settings.retention.protect_ga:
+        return
+    if image.get("DeregistrationProtection", UNPROTECTED) != UNPROTECTED:
+        return
+    try:
+        ec2.enable_image_deregistration_protection(ImageId=image["ImageId"])
+    except ClientError as e:
+        if error_code(e) not in NOT_OFFERED:
+            raise
+        log.warning("%s: no deregistration protection here (%s)", image["ImageId"], error_code(e))
 
 
 def check_block_public_access(
