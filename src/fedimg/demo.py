@@ -213,7 +213,9 @@ def _local_boot_tests(
         checks = ", ".join(f"{c.name} {c.outcome}" for c in result.checks)
         took = f"{result.seconds:.1f} s"
         name = image.path.rsplit("/", 1)[-1]
-        console.print(f"{name} [{firmware}]: [bold]{result.outcome}[/] in {took} ({checks})")
+        # "(uefi)", not "[uefi]": rich would take the brackets for markup and drop them.
+        where = f"{name} ({result.arch or image.arch}, {firmware})"
+        console.print(f"{where}: [bold]{result.outcome}[/] in {took} ({checks})")
         reporter.report(
             TestReport(
                 outcome=result.outcome,
