@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages fedimg's demo and tests need (QEMU for x86_64 and aarch64, the
-# sample-image toolchain, RabbitMQ), only when something is missing. Needs root (or sudo) on a machine
-# without them. It also makes apt know Debian's arm64 packages (dpkg --add-architecture arm64): the
-# aarch64 sample image is built from them with `apt-get download pkg:arm64`, which needs no root and
-# installs nothing for arm64.
+# sample-image toolchain, RabbitMQ, Chromium and chromedriver for the catalog's browser test), only
+# when something is missing. Needs root (or sudo) on a machine without them. It also makes apt know
+# Debian's arm64 packages (dpkg --add-architecture arm64): the aarch64 sample image is built from
+# them with `apt-get download pkg:arm64`, which needs no root and installs nothing for arm64.
 set -euo pipefail
 
 packages=(
   qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64 cloud-image-utils openssh-client
   busybox-static dropbear-bin syslinux syslinux-common syslinux-efi mtools dosfstools fdisk
   e2fsprogs cpio gzip xz-utils zstd rabbitmq-server
+  chromium chromium-driver
 )
 
 missing=()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -18,6 +19,7 @@ from fedimg.catalog import (
     CatalogEntry,
     entry_of,
     launch_url,
+    ordered,
     read_catalog,
     refresh_after_publish,
     write_atomically,
@@ -105,6 +107,16 @@ def test_newest_ga_first_then_older_ga_prereleases_nightlies_unknown(
         "eu-west-1",
     )
     assert entries[-1].ami == world.unknown
+
+
+def test_within_a_compose_rows_go_by_subvariant_architecture_region_not_creation_time(
+    entries: list[CatalogEntry],
+) -> None:
+    ga = [e for e in entries if e.compose_id == PUBLISHED[0].compose_id]
+    shuffled = [dataclasses.replace(e, date=f"2025-01-{n + 10}") for n, e in enumerate(ga)]
+    expected = sorted(ga, key=lambda e: (e.subvariant, e.architecture, e.region))
+    assert [e.ami for e in ordered(reversed(shuffled))] == [e.ami for e in expected]
+    assert [e.ami for e in ga] == [e.ami for e in expected]
 
 
 def test_launch_link_opens_the_consoles_launch_wizard_for_that_region_and_ami(

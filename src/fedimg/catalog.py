@@ -161,12 +161,7 @@ def ordered(entries: Iterable[CatalogEntry]) -> list[CatalogEntry]:
     def newest_first(e: CatalogEntry) -> tuple[Any, ...]:
         parsed = composeid.parse(e.compose_id)
         compose_order = parsed.order if parsed else ("", 0, 0)
-        return (
-            -rank.get(e.kind, len(rank)),
-            _release_rank(e.release),
-            compose_order,
-            e.date,
-        )
+        return (-rank.get(e.kind, len(rank)), _release_rank(e.release), compose_order)
 
     # Newest first on the compose; then a stable, readable order within one compose.
     by_place = sorted(entries, key=lambda e: (e.subvariant, e.architecture, e.region, e.ami))

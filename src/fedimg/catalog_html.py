@@ -27,6 +27,7 @@ KIND_LABELS = {
     Kind.NIGHTLY.value: "nightly",
     Kind.UNKNOWN.value: "unknown",
 }
+# Fedora calls it aarch64; AWS (and the launch wizard) arm64.
 ARCH_LABELS = {"arm64": "arm64 (aarch64)"}
 
 
@@ -89,7 +90,7 @@ def _row(e: CatalogEntry, now: datetime) -> str:
         _time(e.deprecation),
         f'<a class="launch" href="{escape(e.launch_url)}" rel="noopener noreferrer" '
         f'target="_blank">Launch</a>',
-        f'<span class="name">{escape(e.name)}</span>',
+        escape(e.name),
     ]
     return (
         f'<tr class="{" ".join(classes)}" data-arch="{escape(e.architecture)}" '
