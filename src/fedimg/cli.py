@@ -324,6 +324,22 @@ def gc(obj: _Context, yes: bool, as_json: bool) -> None:
 
 @main.command()
 @_config_after_command
+@click.option("--yes", is_flag=True, help="Act on the policy (default: only report).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_fail_cleanly
+def prune(obj: _Context, yes: bool, as_json: bool) -> None:
+    """Apply the retention policy ([retention]) to fedimg's AMIs in every configured region:
+    report what it would remove and protect; with --yes, do it."""
+    from fedimg.aws.clients import Clients
+    from fedimg.aws.prune import prune_command
+
+    settings = obj.settings
+    sys.exit(prune_command(settings, Clients(settings.aws), act=yes, as_json=as_json))
+
+
+@main.command()
+@_config_after_command
 @click.option(
     "--output",
     "output_dir",

@@ -15,12 +15,14 @@ from typing import Any
 
 import boto3
 import pytest
+from click.testing import CliRunner
 from rich.console import Console
 
 from fedimg.aws.clients import Clients
 from fedimg.aws.prune import TAG_PRUNED_AMI, prune_command, ssm_prefix
 from fedimg.aws.prune_policy import Action, AmiRecord, decide
 from fedimg.aws.prune_quota import ensure_public_capacity
+from fedimg.cli import main
 from fedimg.composekind import Kind, kind_tags
 from fedimg.config import RetentionSettings, Settings
 from fedimg.errors import AwsError
@@ -284,3 +286,19 @@ def test_a_full_quota_the_policy_cannot_free_fails_naming_quota_count_and_remedy
     assert "request-service-quota-increase" in message and "fedimg prune --yes" in message
     assert not e.value.retryable
     assert world["old"] in held(aws)
+
+
+def test_the_cli_reports_as_json_and_acts_only_with_yes(
+    aws: str, world: dict[str, str], tmp_path: Path
+) -> None:
+    cfg = tmp_path / "fedimg.toml"
+    cfg.write_text(f'[aws]\nendpoint_url = "{aws}"\nregions = ["{REGION}"]\nmax_attempts = 2\n')
+    result = CliRunner().invoke(main, ["prune", "--json", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {"ami", "region", "name", "compose_id", "kind", "age_days", "action"} <= set(rows[0])
+    assert world["ga"] in held(aws) and held(aws)[world["ga"]]["DeregistrationProtection"] == (
+        "disabled"
+    )
+    assert CliRunner().invoke(main, ["prune", "--yes", "--config", str(cfg)]).exit_code == 0
+    assert held(aws)[world["ga"]]["DeregistrationProtection"] == "enabled"
