@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from fedora_messaging.message import Message
 
 from fedimg.aws.clients import Clients
 from fedimg.catalog import (
@@ -27,9 +28,12 @@ from fedimg.catalog import (
 )
 from fedimg.catalog_html import render_page
 from fedimg.cli import main
+from fedimg.config import Settings
+from fedimg.consumer import Consumer
 from fedimg.errors import InputError
 from fedimg.identity import TAG_MANAGED
-from fedimg.pipeline import ComposeOutcome, ImageOutcome
+from fedimg.pipeline import ComposeOutcome, ImageOutcome, Pipeline
+from fedimg.samplecompose import SAMPLE_COMPOSE_ID, compose_message
 from tests.catalog_world import (
     PUBLISHED,
     REGIONS,
@@ -38,9 +42,10 @@ from tests.catalog_world import (
     one_block_snapshot,
     register,
 )
-from tests.helpers import ec2
+from tests.helpers import ec2, served_compose, trusting
 
 NOW = datetime(2025, 11, 2, 12, 0, tzinfo=UTC)
+TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +250,17 @@ def test_refresh_after_a_publish_writes_the_catalog_from_aws(
     assert {i["ami"] for i in document["images"]} == set(world.listed)
 
 
+def test_a_catalog_that_cannot_be_written_is_logged_not_raised(
+    tmp_path: Path, world: CatalogWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    published = ComposeOutcome("c", "42", [ImageOutcome("i", "x86_64", "Cloud_Base", "published")])
+    clients = Clients(world.settings.aws)
+    assert refresh_after_publish(world.settings, clients, published, not_a_directory) is None
+    assert "compose c: the catalog was not refreshed: catalog: cannot create" in caplog.text
+
+
 def run_cli(world: CatalogWorld, tmp_path: Path, *args: str) -> Any:
     config = tmp_path / "fedimg.toml"
     aws = world.settings.aws
@@ -291,3 +307,31 @@ def test_catalog_command_writes_both_files_and_says_where(
     assert str(tmp_path / "site" / "index.html") in result.output
     document = json.loads((tmp_path / "site" / "catalog.json").read_text())
     assert len(document["images"]) == len(world.listed)
+
+
+# Last in this module: it starts from an empty stand-in (the `aws` fixture resets it), which the
+# module's world does not survive.
+def test_the_consumer_rewrites_the_catalog_after_publishing_a_compose(
+    settings: Settings, aws: str, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    with served_compose(tmp_path, 12) as (location, _):
+        s = trusting(settings, location)
+        s = dataclasses.replace(
+            s,
+            test=dataclasses.replace(s.test, enabled=False),
+            messaging=dataclasses.replace(s.messaging, publish=False),
+            catalog=dataclasses.replace(s.catalog, output_dir=str(site)),
+        )
+        consumer = Consumer(s, Pipeline(s, Clients(s.aws)))
+        consumer(Message(topic=TOPIC, body=compose_message(SAMPLE_COMPOSE_ID, location)))
+    (outcome,) = consumer.outcomes
+    assert outcome.ok
+    images = json.loads((site / "catalog.json").read_text())["images"]
+    assert {(i["ami"], i["region"]) for i in images} == {
+        (ami, region) for image in outcome.images for region, ami in image.regions.items()
+    }
+    assert {(i["release"], i["subvariant"], i["kind"]) for i in images} == {
+        ("99", "Cloud_Base", "ga")
+    }
+    assert (site / "index.html").is_file()
