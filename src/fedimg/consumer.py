@@ -261,11 +261,20 @@ class Consumer:
             log.exception("compose %s: unexpected error; dropping the message", compose.compose_id)
             raise Drop() from e
         self.outcomes.append(outcome)
+        self._prune(outcome)
         self._refresh_catalog(outcome)
         if outcome.retryable:
             failed = [i.image_name for i in outcome.images if i.status == "failed"]
             self._requeue_or_drop(message, compose, f"transient failure of {failed}", True, earlier)
         self._forget(message)
+
+    def _prune(self, outcome: ComposeOutcome) -> None:
+        """Applies the retention policy when ``retention.prune_after_compose`` (never fails the
+        compose); before the catalog, so that it shows what is left."""
+        if self.settings.retention.prune_after_compose:
+            from fedimg.aws.prune import prune_after_compose
+
+            prune_after_compose(self.settings, self.pipeline.clients, outcome.compose_id)
 
     def _refresh_catalog(self, outcome: ComposeOutcome) -> None:
         """Rewrites the catalog when ``catalog.output_dir`` is set (never fails the compose)."""

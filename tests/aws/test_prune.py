@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from fedimg.aws.clients import Clients
-from fedimg.aws.prune import TAG_PRUNED_AMI, prune_command, ssm_prefix
+from fedimg.aws.prune import TAG_PRUNED_AMI, prune_after_compose, prune_command, ssm_prefix
 from fedimg.aws.prune_policy import Action, AmiRecord, decide
 from fedimg.aws.prune_quota import ensure_public_capacity
 from fedimg.cli import main
@@ -302,3 +302,18 @@ def test_the_cli_reports_as_json_and_acts_only_with_yes(
     )
     assert CliRunner().invoke(main, ["prune", "--yes", "--config", str(cfg)]).exit_code == 0
     assert held(aws)[world["ga"]]["DeregistrationProtection"] == "enabled"
+
+
+def test_the_consumers_prune_acts_and_never_raises(
+    aws: str,
+    world: dict[str, str],
+    pruning: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv(options.DENY, "ec2:DescribeImages")
+    prune_after_compose(pruning, Clients(pruning.aws), "Fedora-Rawhide-20250103.n.0")
+    monkeypatch.delenv(options.DENY)
+    assert "prune failed" in caplog.text and world["old"] in held(aws)
+    prune_after_compose(pruning, Clients(pruning.aws), "Fedora-Rawhide-20250103.n.0", now=LATER)
+    assert world["old"] not in held(aws)

@@ -33,6 +33,7 @@ from fedimg.aws.clients import Clients, error_code, translate
 from fedimg.aws.prune_policy import Action, AmiRecord, Decision, decide
 from fedimg.composekind import TAG_RELEASE, TAG_SUBVARIANT, classify_tags, release_of
 from fedimg.config import Settings
+from fedimg.errors import FedimgError
 from fedimg.identity import TAG_COMPOSE, TAG_MANAGED, TAG_NAME, tag_list, tags_of
 
 if TYPE_CHECKING:
@@ -281,6 +282,24 @@ def _attempt(what: str, call: Callable[[], object]) -> Done:
     return Done(True)
 
 
+def prune_after_compose(
+    settings: Settings, clients: Clients, compose_id: str, *, now: datetime | None = None
+) -> None:
+    """The consumer's prune after a compose (``retention.prune_after_compose``). A failure is
+    logged, never raised: the compose is done either way, and the next prune tries again."""
+    try:
+        the_plan = plan(settings, clients, now=now)
+        done, left_done = apply(clients, the_plan)
+    except FedimgError as e:
+        log.error("compose %s: prune failed: %s", compose_id, e)
+        return
+    failed = [d.error for d in (*done.values(), *left_done.values()) if not d.ok]
+    removed = sum(1 for d in the_plan.decisions if d.action is Action.REMOVE)
+    log.info("compose %s: prune acted on %d AMIs (%d to remove)", compose_id, len(done), removed)
+    for error in failed:
+        log.error("compose %s: prune: %s", compose_id, error)
+
+
 # ---------------------------------------------------------------------------------------------
 # The command
 
@@ -377,6 +396,7 @@ __all__ = [
     "Plan",
     "apply",
     "plan",
+    "prune_after_compose",
     "prune_command",
     "remove_ami",
     "rows_of",
