@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from botocore.exceptions import BotoCoreError, ClientError
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -299,29 +300,40 @@ def list_command(
     if as_json:
         console.out(json.dumps([e.to_json() for e in entries], indent=2), highlight=False)
     else:
-        console.print(list_table(entries))
+        console.print(list_table(entries, console.width))
     return 0
 
 
-def list_table(entries: Sequence[CatalogEntry]) -> Table:
-    table = Table(title=f"fedimg: {len(entries)} AMI{'s' if len(entries) != 1 else ''}")
-    columns = ("release", "kind", "subvariant", "arch", "region", "AMI", "created", "deprecated")
+# Columns of ``fedimg list``: the narrowest terminal gets the first six; wider ones more.
+LIST_COLUMNS = ("release", "kind", "arch", "region", "AMI", "created")
+WIDE_COLUMNS = ((110, ("subvariant", "deprecated")), (170, ("name",)))
+
+
+def list_table(entries: Sequence[CatalogEntry], width: int = 80) -> Table:
+    columns = list(LIST_COLUMNS)
+    for needs, more in WIDE_COLUMNS:
+        if width >= needs:
+            columns += more
+    table = Table(
+        title=f"fedimg: {len(entries)} AMI{'s' if len(entries) != 1 else ''}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for column in columns:
         # Ids, regions and dates are copied from here: never broken across lines.
         table.add_column(column, no_wrap=column in ("AMI", "region", "created", "deprecated"))
-    table.add_column("name", overflow="fold")
     for e in entries:
-        # Tag values are shown as text, never as rich markup.
-        cells = (
-            e.release,
-            e.kind,
-            e.subvariant,
-            e.architecture,
-            e.region,
-            e.ami,
-            e.date[:10],
-            e.deprecation[:10],
-            e.name,
-        )
-        table.add_row(*(Text(c) for c in cells))
+        cells = {
+            "release": e.release,
+            "kind": e.kind,
+            "arch": e.architecture,
+            "region": e.region,
+            "AMI": e.ami,
+            "created": e.date[:10],
+            "subvariant": e.subvariant,
+            "deprecated": e.deprecation[:10],
+            "name": e.name,
+        }
+        # Tag values are shown as text, never read as rich markup.
+        table.add_row(*(Text(cells[c]) for c in columns))
     return table
