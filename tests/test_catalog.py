@@ -309,6 +309,21 @@ def test_catalog_command_writes_both_files_and_says_where(
     assert len(document["images"]) == len(world.listed)
 
 
+def test_when_aws_cannot_be_read_the_old_catalog_stays(
+    tmp_path: Path, world: CatalogWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("the old page")
+    monkeypatch.setenv("FEDIMG_STANDIN_DENY", "ec2:DescribeImages")
+    result = run_cli(world, tmp_path, "catalog", "--output", str(site))
+    assert result.exit_code == 1
+    assert result.output.startswith("fedimg: error: catalog: reading ")
+    assert "UnauthorizedOperation" in result.output and result.output.count("\n") == 1
+    assert [p.name for p in site.iterdir()] == ["index.html"]
+    assert (site / "index.html").read_text() == "the old page"
+
+
 # Last in this module: it starts from an empty stand-in (the `aws` fixture resets it), which the
 # module's world does not survive.
 def test_the_consumer_rewrites_the_catalog_after_publishing_a_compose(
