@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml messages/pyproject.toml scripts/install-system-deps.sh
 	scripts/install-system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,standins]' -e ./messages
+	$(BIN)/pip install -q -e '.[dev,demo]' -e ./messages
 	touch $@
 
 demo: setup
