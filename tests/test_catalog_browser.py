@@ -33,7 +33,7 @@ if CHROMIUM is None or CHROMEDRIVER is None:
         "(scripts/install-system-deps.sh installs them)",
         allow_module_level=True,
     )
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra) is missing")
+from selenium import webdriver  # noqa: E402 - the dev extra has it; only the browser may be absent
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 
