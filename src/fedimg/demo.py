@@ -82,6 +82,7 @@ def run_demo(
 ) -> ComposeOutcome:
     from fedimg.aws.boottest import Ec2BootTester
     from fedimg.boot.sample import sample_image, sample_image_xz
+    from fedimg.catalog import refresh_catalog
     from fedimg.consumer import Consumer
     from fedimg.report import ResultsReporter, results_command
     from fedimg.samplecompose import (
@@ -139,6 +140,9 @@ def run_demo(
         console.print(region_table(outcome, clients))
         console.rule("ResultsDB")
         results_command(resultsdb_url, SAMPLE_COMPOSE_ID, as_json=False, console=console)
+        console.rule("catalog")
+        files = refresh_catalog(settings, clients, build_dir / "demo-catalog")
+        console.print(f"{files.entries} AMIs: {files.html_path} and {files.json_path}")
     return outcome
 
 
