@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,19 @@ import paramiko
 import pytest
 from rich.console import Console
 
-from fedimg.aws.boottest import Ec2BootTester, SshTarget
+from fedimg.aws.boottest import (
+    TAG_TEST_UNTIL,
+    Ec2BootTester,
+    SshTarget,
+    clean_up_earlier_tests,
+    run_lifetime_s,
+)
 from fedimg.aws.clients import Clients
 from fedimg.boot.qemu import Guest, running_guest
 from fedimg.boot.sample import sample_image, sample_image_xz
 from fedimg.config import Check, Settings
 from fedimg.demo import region_table, to_guest_of_arch
+from fedimg.errors import ConfigError
 from fedimg.identity import ImageIdentity
 from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, Pipeline, TestSubject
 from fedimg.report import ResultsReporter, fetch_results
@@ -98,6 +106,11 @@ def leftovers(url: str) -> dict[str, list[str]]:
     return {"instances": live, "groups": groups, "keys": keys}
 
 
+def interrupted(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
+    """A resolver reached only once the instance runs: stops the test before any SSH."""
+    raise KeyboardInterrupt
+
+
 NOTHING_LEFT = {"instances": [], "groups": [], "keys": []}
 
 
@@ -131,6 +144,9 @@ def test_passing_image_passes_and_leaves_nothing(
     assert launch["InstanceType"] == "t3.small"
     tags = {t["Key"]: t["Value"] for t in launch["TagSpecifications"][0]["Tags"]}
     assert tags["fedimg:role"] == "test" and tags["fedimg:managed"] == "true"
+    # the run's end, for another run's clean-up: its start plus every configured wait
+    lifetime = run_lifetime_s(boot_settings(settings).test)
+    assert 0 < int(tags[TAG_TEST_UNTIL]) - time.time() <= lifetime
     (ingress,) = rec.of("AuthorizeSecurityGroupIngress")
     (perm,) = ingress["IpPermissions"]
     assert (perm["FromPort"], perm["ToPort"]) == (22, 22)
@@ -180,9 +196,6 @@ def test_aws_failure_needs_inspection(settings: Settings, guest: Guest, aws: str
 
 
 def test_interrupt_still_cleans_up(settings: Settings, aws: str) -> None:
-    def interrupted(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
-        raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         run(boot_settings(settings), interrupted, aws)
     assert leftovers(aws) == NOTHING_LEFT
@@ -195,9 +208,6 @@ def test_an_arch_the_configuration_leaves_out_gets_its_default_instance_type(
     s = boot_settings(settings, instance_types={"x86_64": "t3.micro"})
     session = boto3.session.Session()
     rec = record(session)
-
-    def interrupted(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
-        raise KeyboardInterrupt
 
     arm = ImageIdentity("Fedora-Cloud-Base-AmazonEC2-99-1.0.aarch64", "aarch64", "cd" * 32)
     ami = ec2(aws).register_image(
@@ -253,3 +263,67 @@ def test_both_arches_are_registered_tested_and_published_as_their_own_arch(
     assert len(arm_rows) == len(s.aws.regions)
     assert all(" arm64 " in line and " uefi " in line for line in arm_rows)
     assert leftovers(aws) == NOTHING_LEFT
+
+
+def test_an_ipv6_ssh_cidr_is_admitted_as_an_ipv6_range(settings: Settings, aws: str) -> None:
+    """EC2 takes an IPv6 block only in ``Ipv6Ranges`` (``IpRanges`` holds IPv4 ones)."""
+    session = boto3.session.Session()
+    rec = record(session)
+    s = boot_settings(settings, ssh_cidr="2001:db8:1::/48")
+    with pytest.raises(KeyboardInterrupt):  # reached once AWS took the rule and launched
+        Ec2BootTester(s, Clients(s.aws, session=session), interrupted)(subject(aws))
+    (ingress,) = rec.of("AuthorizeSecurityGroupIngress")
+    (perm,) = ingress["IpPermissions"]
+    assert perm["Ipv6Ranges"] == [{"CidrIpv6": "2001:db8:1::/48", "Description": "fedimg SSH"}]
+    assert "IpRanges" not in perm
+
+
+def test_the_boot_tester_refuses_an_empty_ssh_cidr(settings: Settings) -> None:
+    s = boot_settings(settings, ssh_cidr="")
+    with pytest.raises(ConfigError, match=r"^test\.ssh_cidr: "):
+        Ec2BootTester(s, Clients(s.aws))
+
+
+def test_clean_up_spares_a_live_runs_test_and_removes_a_dead_runs(aws: str) -> None:
+    """Two runs left resources of one AMI: the live one's survive, the expired one's go."""
+    client = ec2(aws)
+    ami = subject(aws).ami
+    now = time.time()
+
+    def leave_a_test(run_id: str, until: float) -> None:
+        tags = [
+            {"Key": "fedimg:role", "Value": "test"},
+            {"Key": "fedimg:ami", "Value": ami},
+            {"Key": TAG_TEST_UNTIL, "Value": str(int(until))},
+        ]
+        spec = lambda kind: [{"ResourceType": kind, "Tags": tags}]  # noqa: E731
+        client.create_key_pair(KeyName=run_id, TagSpecifications=spec("key-pair"))
+        group = client.create_security_group(
+            GroupName=run_id, Description="t", TagSpecifications=spec("security-group")
+        )["GroupId"]
+        client.run_instances(
+            ImageId=ami,
+            InstanceType="t3.small",
+            KeyName=run_id,
+            SecurityGroupIds=[group],
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=spec("instance"),
+        )
+
+    leave_a_test("live", now + 600)
+    leave_a_test("dead", now - 1)
+    clean_up_earlier_tests(client, ami, deadline_s=30, now=now)
+
+    left = leftovers(aws)
+    assert left["keys"] == ["live"]
+    assert [
+        g["GroupName"]
+        for g in client.describe_security_groups(GroupIds=left["groups"])["SecurityGroups"]
+    ] == ["live"]
+    (instance,) = [
+        i
+        for r in client.describe_instances(InstanceIds=left["instances"])["Reservations"]
+        for i in r["Instances"]
+    ]
+    assert instance["KeyName"] == "live"

@@ -6,13 +6,23 @@ status checks; checks over SSH; console output kept on failure. The instance, ke
 security group are removed in ``finally`` — on errors and Ctrl-C too — and all carry
 ``fedimg:role=test`` so ``fedimg gc`` finds anything a crash left.
 
+**Runs of one AMI at the same time** (two consumers, an operator's re-run) each make their own
+resources (named by a random run id) and must never remove another live run's. Every test
+resource carries ``fedimg:test-until`` (unix seconds): its run's start plus the longest the run can
+live (``run_lifetime_s``: every wait's configured deadline and a margin for AWS requests and
+clock skew), written in the same request that creates it. Before a test, the resources of earlier
+tests of the AMI whose ``test-until`` has passed are removed: their run is dead. A live run's are
+left alone, with no lease to renew: each run bounds its own life by its configured deadlines.
+
 Outcomes: PASSED; FAILED when the image is at fault (instance impaired, no SSH, a check failed);
 NEEDS_INSPECTION when the infrastructure failed (AWS errors, deadlines before the instance ran).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +34,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from fedimg.aws.clients import Clients, translate
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings, TestSettings
-from fedimg.errors import AwsError, FedimgError, TransientError
-from fedimg.identity import TAG_ROLE, TAG_TEST_RUN, TAG_TESTED_AMI, tag_list
+from fedimg.errors import AwsError, ConfigError, FedimgError, TransientError
+from fedimg.identity import TAG_ROLE, TAG_TEST_RUN, TAG_TESTED_AMI, tag_list, tags_of
 from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, TestSubject, TestVerdict
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ec2.type_defs import IpPermissionTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +48,16 @@ CONSOLE_TAIL = 4000  # characters of console output kept with a failure
 # A configured ``test.instance_types`` table replaces the default one: an arch it leaves out
 # still gets an instance type of its own architecture (an arm64 AMI cannot launch on t3).
 DEFAULT_INSTANCE_TYPES = TestSettings().instance_types
+TAG_TEST_UNTIL = "fedimg:test-until"
+# What a test run spends besides its configured waits: AWS requests with their retries, finding
+# the SSH target, and the clock difference between two hosts running fedimg.
+LIFETIME_MARGIN_S = 600
+
+
+def run_lifetime_s(t: TestSettings) -> int:
+    """The longest one boot test lives: waits for running, status checks and termination (each
+    up to ``boot_seconds``), for SSH, for each check, and the margin."""
+    return 3 * t.boot_seconds + t.ssh_seconds + len(t.checks) * t.check_seconds + LIFETIME_MARGIN_S
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,17 @@ def metadata_options(settings: Settings) -> dict[str, Any]:
     return {"HttpEndpoint": "enabled", "HttpTokens": "optional"}
 
 
+def ssh_permission(cidr: str) -> IpPermissionTypeDef:
+    """Ingress on port 22 from ``cidr``; EC2 takes IPv6 blocks only in ``Ipv6Ranges``."""
+    what = "fedimg SSH"
+    permission: IpPermissionTypeDef = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22}
+    if ipaddress.ip_network(cidr, strict=False).version == 6:
+        permission["Ipv6Ranges"] = [{"CidrIpv6": cidr, "Description": what}]
+    else:
+        permission["IpRanges"] = [{"CidrIp": cidr, "Description": what}]
+    return permission
+
+
 class _ImageFault(FedimgError):
     """The image, not the infrastructure, failed the test."""
 
@@ -79,6 +111,8 @@ class Ec2BootTester:
     def __init__(
         self, settings: Settings, clients: Clients, resolve: TargetResolver = public_address
     ) -> None:
+        if not settings.test.ssh_cidr:
+            raise ConfigError("test.ssh_cidr: required by the EC2 boot test (the address of SSH)")
         self.settings = settings
         self.clients = clients
         self.resolve = resolve
@@ -109,28 +143,31 @@ class Ec2BootTester:
         return TestVerdict(PASSED, tuple(checks))
 
 
-def clean_up_earlier_tests(ec2: EC2Client, ami: str, deadline_s: float) -> None:
-    """Removes what an earlier test of this AMI left when its process was killed.
+def clean_up_earlier_tests(
+    ec2: EC2Client, ami: str, deadline_s: float, now: float | None = None
+) -> None:
+    """Removes what earlier tests of this AMI left when their process was killed.
 
-    Compose messages are handled one at a time, so a test resource of this AMI that still exists
-    belongs to a dead run.
+    Only resources past their ``fedimg:test-until`` (or made before that tag existed) are
+    removed: another run testing the AMI right now keeps its instance, group and key pair.
     """
+    now = time.time() if now is None else now
     mine: list[Any] = [
         {"Name": f"tag:{TAG_ROLE}", "Values": ["test"]},
         {"Name": f"tag:{TAG_TESTED_AMI}", "Values": [ami]},
     ]
     try:
         reservations = ec2.describe_instances(Filters=mine)["Reservations"]
-        alive = [
+        dead = [
             i["InstanceId"]
             for r in reservations
             for i in r["Instances"]
-            if i["State"]["Name"] != "terminated"
+            if i["State"]["Name"] != "terminated" and _expired(i, now)
         ]
-        if alive:
-            log.info("%s: terminating test instances of a killed run: %s", ami, alive)
-            ec2.terminate_instances(InstanceIds=alive)
-            for instance_id in alive:
+        if dead:
+            log.info("%s: terminating test instances of a killed run: %s", ami, dead)
+            ec2.terminate_instances(InstanceIds=dead)
+            for instance_id in dead:
                 wait_until(
                     f"termination of {instance_id}",
                     lambda i=instance_id: _instance_state(ec2, i),  # type: ignore[misc]
@@ -140,11 +177,22 @@ def clean_up_earlier_tests(ec2: EC2Client, ami: str, deadline_s: float) -> None:
                     good_reads=1,
                 )
         for g in ec2.describe_security_groups(Filters=mine)["SecurityGroups"]:
-            ec2.delete_security_group(GroupId=g["GroupId"])
+            if _expired(g, now):
+                ec2.delete_security_group(GroupId=g["GroupId"])
         for k in ec2.describe_key_pairs(Filters=mine)["KeyPairs"]:
-            ec2.delete_key_pair(KeyName=k["KeyName"])
+            if _expired(k, now):
+                ec2.delete_key_pair(KeyName=k["KeyName"])
     except (ClientError, BotoCoreError) as e:
         log.warning("%s: could not remove an earlier test's resources (fedimg gc will): %s", ami, e)
+
+
+def _expired(resource: Any, now: float) -> bool:
+    """Whether the run that made ``resource`` is past its life; one without a readable
+    ``fedimg:test-until`` was made by a fedimg from before concurrent runs, and is dead."""
+    try:
+        return float(tags_of(resource)[TAG_TEST_UNTIL]) < now
+    except (KeyError, ValueError):
+        return True
 
 
 def _instance_state(ec2: EC2Client, instance_id: str) -> str:
@@ -163,7 +211,12 @@ class _TestRun:
         self.instance_id = ""
         self.tags = tag_list(
             subject.identity.tags(settings.image.tags)
-            | {TAG_ROLE: "test", TAG_TEST_RUN: run_id, TAG_TESTED_AMI: subject.ami}
+            | {
+                TAG_ROLE: "test",
+                TAG_TEST_RUN: run_id,
+                TAG_TESTED_AMI: subject.ami,
+                TAG_TEST_UNTIL: str(int(time.time()) + run_lifetime_s(settings.test)),
+            }
         )
 
     def _spec(self, kind: str) -> list[Any]:
@@ -184,14 +237,7 @@ class _TestRun:
         )["GroupId"]
         self.ec2.authorize_security_group_ingress(
             GroupId=self.group_id,
-            IpPermissions=[
-                {
-                    "IpProtocol": "tcp",
-                    "FromPort": 22,
-                    "ToPort": 22,
-                    "IpRanges": [{"CidrIp": t.ssh_cidr, "Description": "fedimg SSH"}],
-                }
-            ],
+            IpPermissions=[ssh_permission(t.ssh_cidr)],
         )
         self.instance_id = self.ec2.run_instances(
             ImageId=self.subject.ami,
