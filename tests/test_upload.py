@@ -1,18 +1,31 @@
-"""`fedimg upload` end to end: a real process, a moto server over HTTP."""
+"""`fedimg upload` end to end: a real process, a moto server over HTTP; its download path
+in-process, against HTTP servers on loopback."""
 
 from __future__ import annotations
 
+import dataclasses
+import http.server
 import json
 import lzma
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fedimg.aws.clients import Clients
+from fedimg.config import Settings
+from fedimg.errors import InputError
+from fedimg.identity import ImageIdentity
+from fedimg.samplecompose import serve_directory
 from fedimg.source import BLOCK_SIZE, sha256_file
 from fedimg.synthetic import write_sparse_image
+from fedimg.upload import content_sha256, upload_image
 from tests.helpers import ec2
 
 JSON_KEYS = {"ami", "snapshot", "region", "blocks_sent", "blocks_skipped", "bytes_read", "seconds"}
@@ -107,3 +120,57 @@ def test_same_name_other_content_never_reuses_the_old_ami(
     assert renamed.returncode == 0, renamed.stderr
     assert json.loads(renamed.stdout)["ami"] != first["ami"]
     assert len(ec2(aws).describe_images(Owners=["self"])["Images"]) == 2
+
+
+@contextmanager
+def redirecting_to(base: str) -> Iterator[str]:
+    """A loopback server answering every request with a redirect to the same path under
+    ``base``; yields its URL."""
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", base + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_url_without_sha256_is_hashed_and_uploaded_through_a_trusted_redirect(
+    settings: Settings, image: tuple[Path, list[int]]
+) -> None:
+    """Both reads (the hash, then the upload) follow a redirect into compose.trusted_locations."""
+    xz, nonzero = image
+    with serve_directory(xz.parent) as mirror, redirecting_to(mirror) as entry:
+        compose = dataclasses.replace(settings.compose, trusted_locations=(f"{mirror}/",))
+        s = dataclasses.replace(settings, compose=compose)
+        identity = ImageIdentity(xz.name.removesuffix(".raw.xz"), "x86_64")
+        outcome = upload_image(f"{entry}/{xz.name}", identity, s, Clients(s.aws))
+    assert outcome.blocks_sent == len(nonzero)
+    (held,) = ec2(settings.aws.endpoint_url).describe_images(ImageIds=[outcome.ami])["Images"]
+    tags = {t["Key"]: t["Value"] for t in held["Tags"]}
+    assert tags["fedimg:sha256"] == sha256_file(xz)
+
+
+def test_hashing_a_url_refuses_a_redirect_outside_the_trusted_locations(
+    image: tuple[Path, list[int]],
+) -> None:
+    xz, _ = image
+    with serve_directory(xz.parent) as away, redirecting_to(away) as entry:
+        with pytest.raises(InputError, match="redirects outside"):
+            content_sha256(f"{entry}/{xz.name}", trusted=(f"{entry}/",))
+        assert content_sha256(f"{entry}/{xz.name}", trusted=(f"{away}/",)) == sha256_file(xz)

@@ -3,7 +3,9 @@
 The image's identity includes its content (identity.py). Without a checksum given, the file is
 read once first to compute it (for a URL that is one more download, nothing is stored), so reuse
 is only ever decided from a known checksum: a different file of the same name is a different
-image, never the old AMI.
+image, never the old AMI. Both reads of a URL take the image download's path (source.py): TLS
+verified against ``compose.ca_bundle``, redirects only under the URL or inside
+``compose.trusted_locations``, timeouts, the one retry layer, resumed where a connection broke.
 """
 
 from __future__ import annotations
@@ -12,24 +14,22 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import requests
 
 from fedimg.aws.clients import Clients
 from fedimg.aws.image import register_image_if_not_exists
 from fedimg.aws.snapshot import delete_snapshot_quietly, upload_snapshot_if_not_exists
 from fedimg.config import Settings
-from fedimg.errors import InputError, TransientError
+from fedimg.errors import InputError
 from fedimg.events import Sink, null_sink
 from fedimg.identity import ImageIdentity
-from fedimg.source import ImageSource
+from fedimg.source import DownloadPolicy, ImageSource, _Origin
 
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
-HTTP_TIMEOUT = (10.0, 60.0)  # connect, read (between bytes)
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,16 @@ def upload_image(
     """Safe to re-run and to run concurrently: each step finds what another run made (see the
     steps' docstrings)."""
     started = time.monotonic()
+    trusted, ca_bundle = settings.compose.trusted_locations, settings.compose.ca_bundle
     if not identity.complete:
-        identity = dataclasses.replace(identity, sha256=content_sha256(location))
+        sha256 = content_sha256(location, trusted=trusted, ca_bundle=ca_bundle)
+        identity = dataclasses.replace(identity, sha256=sha256)
     with ImageSource(
-        location, sha256=identity.sha256, max_bytes=settings.image.max_image_bytes
+        location,
+        sha256=identity.sha256,
+        max_bytes=settings.image.max_image_bytes,
+        trusted=trusted,
+        ca_bundle=ca_bundle,
     ) as source:
         snap = upload_snapshot_if_not_exists(source, identity, settings, clients, sink)
     image = register_image_if_not_exists(
@@ -112,24 +118,24 @@ def drop_if_redundant(clients: Clients, region: str, ami: str, snapshot_id: str)
         delete_snapshot_quietly(ec2, snapshot_id)
 
 
-def content_sha256(location: str) -> str:
-    """SHA-256 of the file as published (path, file:// or http(s) URL), streamed."""
+def content_sha256(location: str, *, trusted: Sequence[str] = (), ca_bundle: str = "") -> str:
+    """SHA-256 of the file as published (path, file:// or http(s) URL), streamed.
+
+    ``trusted`` and ``ca_bundle`` as for ImageSource: the bytes hashed here come the way the
+    upload's will. Network trouble is a TransientError, a bad location or answer an InputError.
+    """
     digest = hashlib.sha256()
+    # source.py's own download (no public wrapper for "the raw bytes, nothing decoded" yet).
+    origin = _Origin(location, DownloadPolicy(), trusted, ca_bundle)
     try:
-        if location.startswith(("http://", "https://")):
-            with requests.get(location, stream=True, timeout=HTTP_TIMEOUT) as r:
-                r.raise_for_status()
-                for chunk in r.iter_content(HASH_CHUNK):
-                    digest.update(chunk)
-        else:
-            path = location.removeprefix("file://")
-            with open(path, "rb") as f:
-                while chunk := f.read(HASH_CHUNK):
-                    digest.update(chunk)
-    except requests.HTTPError as e:
-        raise InputError(f"{location}: {e}") from e
-    except requests.RequestException as e:
-        raise TransientError(f"{location}: {e}") from e
+        reader = origin.open()
+        try:
+            while chunk := reader.read(HASH_CHUNK):
+                digest.update(chunk)
+        finally:
+            reader.close()
     except OSError as e:
         raise InputError(f"{location}: {e.strerror or e}") from e
+    finally:
+        origin.close()
     return digest.hexdigest()
