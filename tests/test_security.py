@@ -21,10 +21,11 @@ import pytest
 from fedimg.aws.boottest import Ec2BootTester, SshTarget
 from fedimg.aws.clients import Clients
 from fedimg.aws.gc import gc_command
+from fedimg.aws.prune import prune_command
 from fedimg.boot.qemu import Guest, running_guest
 from fedimg.boot.sample import SAMPLE_CHECKS, sample_image
 from fedimg.boot.ssh import throwaway_key
-from fedimg.config import Check, Settings
+from fedimg.config import Check, RetentionSettings, Settings
 from fedimg.demo import region_table
 from fedimg.errors import ChecksumMismatch
 from fedimg.identity import ImageIdentity
@@ -188,6 +189,29 @@ def test_iam_policy_lists_exactly_the_actions_of_a_full_run(
     assert gc_command(s, clients, act=True, as_json=True, now=later) == 0
     region_table(outcome, clients)
     aws_rows(s, clients)  # preflight's checks (read-only and dry runs) are part of the policy
+    for respin in (0, 1):  # two nightlies of one group: prune removes the older one
+        ec2(aws).register_image(
+            Name=f"nightly-{respin}",
+            TagSpecifications=[
+                {
+                    "ResourceType": "image",
+                    "Tags": [
+                        {"Key": "fedimg:managed", "Value": "true"},
+                        {
+                            "Key": "fedimg:compose-id",
+                            "Value": f"Fedora-Rawhide-20250101.n.{respin}",
+                        },
+                        {"Key": "fedimg:compose-kind", "Value": "nightly"},
+                        {"Key": "fedimg:subvariant", "Value": "Cloud_Base"},
+                    ],
+                }
+            ],
+        )
+    pruning = dataclasses.replace(s, retention=RetentionSettings(keep_newest=1, nightly_days=0))
+    assert (
+        prune_command(pruning, clients, act=True, as_json=True, now=later + dt.timedelta(days=2))
+        == 0
+    )
 
     observed = {f"{IAM_PREFIX.get(service, service)}:{op}" for service, op, _ in rec.calls}
     assert observed - NEEDS_NO_PERMISSION == iam_actions()
