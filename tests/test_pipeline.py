@@ -40,7 +40,8 @@ def passing(subject: TestSubject) -> TestVerdict:
 
 
 def failing(subject: TestSubject) -> TestVerdict:
-    return TestVerdict(FAILED, ({"name": "true", "outcome": FAILED, "output": "1"},), "checks")
+    checks = ({"name": "true", "outcome": FAILED, "output": "1"},)
+    return TestVerdict(FAILED, checks, "checks", firmware="uefi")
 
 
 def broken_infrastructure(subject: TestSubject) -> TestVerdict:
@@ -215,3 +216,21 @@ def test_test_results_go_to_resultsdb(settings: Settings, compose_url: str, aws:
     assert {(r.ami, r.architecture) for r in rows} == {(i.base_ami, i.arch) for i in outcome.images}
     assert {r.architecture for r in rows} == {"x86_64", "aarch64"}
     assert {r.region for r in rows} == {"us-east-1"}
+    assert {r.firmware for r in rows} == {"uefi"}  # how the instance booted, from the tester
+
+
+def test_a_report_that_cannot_be_built_never_blocks_publishing(
+    settings: Settings, compose_url: str, aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedimg.config import ResultsDBSettings
+    from fedimg.report import ImageRef, ResultsReporter
+
+    def missing_key(cls: type[ImageRef], image: Any) -> ImageRef:
+        raise KeyError("format")
+
+    monkeypatch.setattr(ImageRef, "from_productmd", classmethod(missing_key))
+    pipeline, _, _ = make(settings, regions=("us-east-1",))
+    # enabled, and never reached: the report fails before anything is sent
+    pipeline.reporter = ResultsReporter(ResultsDBSettings(url="http://127.0.0.1:9/"))
+    outcome = pipeline.run_compose(compose_url)
+    assert outcome.ok, [i.error for i in outcome.images]

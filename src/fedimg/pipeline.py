@@ -52,6 +52,7 @@ class TestVerdict:
     outcome: str  # PASSED | FAILED | NEEDS_INSPECTION (the infrastructure failed, not the image)
     checks: tuple[dict[str, str], ...] = ()  # {"name", "outcome", "output"}
     reason: str = ""
+    firmware: str = ""  # bios | uefi: how the machine under test booted; "" when not known
 
 
 # The test seam: returns a verdict for an AMI. The EC2 boot test is the production tester.
@@ -211,7 +212,7 @@ class Pipeline:
             outcome=verdict.outcome,
             checks=list(verdict.checks),
             kind="ec2",
-            firmware="",
+            firmware=verdict.firmware,
             reason=verdict.reason,
         )
         return verdict
@@ -223,20 +224,28 @@ class Pipeline:
         image: ComposeImage | None,
         info: ComposeInfo | None,
     ) -> None:
-        """ResultsDB knows results about compose images only; reporting never blocks."""
+        """ResultsDB knows results about compose images only.
+
+        Reporting never blocks publishing: metadata the report cannot be built from (a key
+        productmd made optional, a bug) is logged, like a failed POST inside ``report``.
+        """
         if self.reporter is None or not self.reporter.enabled or image is None or info is None:
             return
-        self.reporter.report(
-            TestReport(
+        try:
+            report = TestReport(
                 outcome=verdict.outcome,
                 testcase=TESTCASE_AMI_BOOT,
                 image=ImageRef.from_productmd(image.metadata),
                 compose=ComposeRef.from_composeinfo(info.metadata),
                 ami=uploaded.ami,
                 region=uploaded.region,
+                firmware=verdict.firmware,
                 note=verdict.reason,
             )
-        )
+        except Exception:
+            log.exception("%s: no ResultsDB report of %s", image.image_name, uploaded.ami)
+            return
+        self.reporter.report(report)
 
     def _replicate_and_publish(
         self,

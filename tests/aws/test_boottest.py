@@ -22,6 +22,7 @@ from fedimg.aws.boottest import (
     TAG_TEST_UNTIL,
     Ec2BootTester,
     SshTarget,
+    booted_firmware,
     clean_up_earlier_tests,
     run_lifetime_s,
 )
@@ -257,6 +258,8 @@ def test_both_arches_are_registered_tested_and_published_as_their_own_arch(
     assert {(r.ami, r.architecture, r.outcome) for r in rows} == {
         (by_arch[arch].base_ami, arch, PASSED) for arch in by_arch
     }
+    # arm64's boot mode uefi leaves no choice; x86_64's uefi-preferred is unknown unless reported
+    assert {(r.architecture, r.firmware) for r in rows} == {("x86_64", ""), ("aarch64", "uefi")}
     table = io.StringIO()
     Console(file=table, width=250).print(region_table(outcome, clients))
     arm_rows = [line for line in table.getvalue().splitlines() if ".aarch64 " in line]
@@ -327,3 +330,23 @@ def test_clean_up_spares_a_live_runs_test_and_removes_a_dead_runs(aws: str) -> N
         for i in r["Instances"]
     ]
     assert instance["KeyName"] == "live"
+
+
+@pytest.mark.parametrize(
+    ("reported", "boot_mode", "firmware"),
+    [
+        ("legacy-bios", "uefi-preferred", "bios"),  # what EC2 says the instance booted with
+        ("uefi", "uefi-preferred", "uefi"),
+        (None, "uefi", "uefi"),  # not reported: the AMI's boot mode leaves no choice
+        (None, "legacy-bios", "bios"),
+        (None, "uefi-preferred", ""),  # not reported and either could be: unknown
+    ],
+)
+def test_the_verdict_names_the_firmware_the_instance_booted_with(
+    settings: Settings, reported: str | None, boot_mode: str, firmware: str
+) -> None:
+    s = dataclasses.replace(
+        settings, image=dataclasses.replace(settings.image, boot_mode={"x86_64": boot_mode})
+    )
+    instance = {"CurrentInstanceBootMode": reported} if reported else {}
+    assert booted_firmware(instance, s, "x86_64") == firmware

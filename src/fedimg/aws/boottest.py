@@ -84,6 +84,14 @@ def instance_type(settings: Settings, arch: str) -> str:
     return settings.test.instance_types.get(arch) or DEFAULT_INSTANCE_TYPES[arch]
 
 
+def booted_firmware(instance: dict[str, Any], settings: Settings, arch: str) -> str:
+    """``bios`` or ``uefi``: how the test instance booted, as EC2 reports it
+    (``CurrentInstanceBootMode``), else as the AMI's boot mode leaves no choice; "" when neither
+    says (``uefi-preferred`` on an instance that does not report its boot mode)."""
+    mode = instance.get("CurrentInstanceBootMode") or settings.image.boot_mode.get(arch, "uefi")
+    return {"legacy-bios": "bios", "uefi": "uefi"}.get(str(mode), "")
+
+
 def metadata_options(settings: Settings) -> dict[str, Any]:
     """The test instance's metadata service as the AMI's users get it: an AMI registered with
     ImdsSupport v2.0 launches with tokens required and a hop limit of 2 (RegisterImage docs)."""
@@ -124,12 +132,14 @@ class Ec2BootTester:
         clean_up_earlier_tests(ec2, subject.ami, self.settings.test.boot_seconds)
         run = _TestRun(self.settings, ec2, subject, uuid.uuid4().hex[:12])
         pkey, public = throwaway_key()
+        firmware = ""
         try:
             instance = run.launch(public)
+            firmware = booted_firmware(instance, self.settings, subject.identity.arch)
             target = self.resolve(instance, pkey)
             checks = run.check(target)
         except _ImageFault as e:
-            return TestVerdict(FAILED, reason=f"{e}{run.console()}")
+            return TestVerdict(FAILED, reason=f"{e}{run.console()}", firmware=firmware)
         except (ClientError, BotoCoreError) as e:
             return TestVerdict(NEEDS_INSPECTION, reason=str(translate(e, "EC2 boot test")))
         except FedimgError as e:
@@ -139,8 +149,9 @@ class Ec2BootTester:
         failed = [c for c in checks if c["outcome"] != PASSED]
         if failed:
             names = ", ".join(c["name"] for c in failed)
-            return TestVerdict(FAILED, tuple(checks), f"checks failed: {names}{run.console()}")
-        return TestVerdict(PASSED, tuple(checks))
+            reason = f"checks failed: {names}{run.console()}"
+            return TestVerdict(FAILED, tuple(checks), reason, firmware)
+        return TestVerdict(PASSED, tuple(checks), firmware=firmware)
 
 
 def clean_up_earlier_tests(
