@@ -351,7 +351,7 @@ def test_connection_refused_is_transient() -> None:
 
 
 class _Misbehaving(http.server.BaseHTTPRequestHandler):
-    """/500/…: server error; /slow/…: answers late; /loop/…: redirects to itself;
+    """/status/NNN/…: answers HTTP NNN; /slow/…: answers late; /loop/…: redirects to itself;
     /to/PORT/…: redirects to … on loopback port PORT."""
 
     def do_GET(self) -> None:
@@ -361,8 +361,8 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", f"http://127.0.0.1:{port}/{path}")
             self.send_header("Content-Length", "0")
             self.end_headers()
-        elif self.path.startswith("/500/"):
-            self.send_error(503)
+        elif self.path.startswith("/status/"):
+            self.send_error(int(self.path.split("/")[2]))
         elif self.path.startswith("/slow/"):
             time.sleep(1.0)
             # The client has given up by now.
@@ -393,9 +393,19 @@ def misbehaving_server() -> Iterator[str]:
         thread.join()
 
 
-def test_http_5xx_is_transient() -> None:
-    with misbehaving_server() as base, pytest.raises(TransientError, match="HTTP 503"):
-        discover(f"{base}/500/compose", DEFAULT)
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (503, TransientError),
+        (408, TransientError),  # Request Timeout
+        (425, TransientError),  # Too Early
+        (429, TransientError),  # Too Many Requests
+        (403, InputError),  # any other 4xx: the location's fault
+    ],
+)
+def test_http_5xx_and_not_now_answers_are_transient(status: int, error: type[Exception]) -> None:
+    with misbehaving_server() as base, pytest.raises(error, match=f"HTTP {status}"):
+        discover(f"{base}/status/{status}/compose", DEFAULT)
 
 
 def test_http_timeout_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:

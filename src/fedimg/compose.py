@@ -47,6 +47,9 @@ HTTP_TIMEOUT = (10.0, 60.0)
 # Whole-body deadline: the read timeout alone lets a server drip bytes forever.
 HTTP_DEADLINE = 300.0
 MAX_REDIRECTS = 5
+# 4xx answers that say "not now" (Request Timeout, Too Early, Too Many Requests), not "never":
+# like 5xx, a later attempt may pass. Every other 4xx is the location's fault.
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
 # Metadata larger than this is not a compose's (the biggest known images.json is < 1 MiB).
 MAX_METADATA_BYTES = 64 * 1024**2
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -256,7 +259,7 @@ class _Reader:
                 status = r.status_code
                 if status in (404, 410):
                     raise _NotFound(f"{url}: not found (HTTP {status})")
-                if status == 429 or status >= 500:
+                if status in TRANSIENT_STATUSES or status >= 500:
                     raise TransientError(f"{url}: server answered HTTP {status}")
                 if status != 200:
                     raise InputError(f"{url}: server answered HTTP {status}")
