@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fedimg.aws.clients import Clients, error_code, translate
-from fedimg.aws.image import RegisteredImage, ami_name, find_image, wait_image_available
+from fedimg.aws.image import (
+    RegisteredImage,
+    ami_description,
+    ami_name,
+    find_image,
+    wait_image_available,
+)
 from fedimg.config import Settings
 from fedimg.errors import TransientError
 from fedimg.identity import TAG_ROLE, ImageIdentity, tag_list
@@ -39,10 +45,12 @@ def copy_image_if_not_exists(
     """Copies the base AMI into ``region`` unless a copy is already there.
 
     Safe to re-run: CopyImage does not enforce unique names, so the copy is looked up (by tag or
-    name) first; the ClientToken makes a retried request idempotent; tags are re-applied.
+    name) first; the ClientToken makes a retried request idempotent; tags are re-applied. Name
+    and description are RegisterImage's, within AWS's limits (limits.py): a name AWS would
+    refuse is an InputError before any request.
     """
     ec2 = clients.ec2(region)
-    name = ami_name(settings, identity, region)
+    name = ami_name(settings, identity, region)  # checked against limits.AMI_NAME_RE
     what = f"copy of {source.ami} to {region}"
     tags = tag_list(
         identity.tags(settings.image.tags)
@@ -56,7 +64,7 @@ def copy_image_if_not_exists(
                 SourceRegion=source.region,
                 SourceImageId=source.ami,
                 Name=name,
-                Description=f"Fedora image {identity.image_name}",
+                Description=ami_description(identity),
                 ClientToken=copy_token(identity, source.ami, region),
                 CopyImageTags=True,
             )["ImageId"]
