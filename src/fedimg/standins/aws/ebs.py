@@ -3,7 +3,9 @@
 moto's EBS handlers are replaced by ones that apply the rules of ``ebs_rules`` before calling
 moto's backend, and the EC2 snapshot behind each EBS direct snapshot follows it: ``pending`` while
 blocks are written, ``completed`` or ``error`` after CompleteSnapshot, ``error`` once its Timeout
-passes with no write (checked lazily, at the next request that looks at it; no thread).
+passes with no write (checked lazily, at the next request that looks at it; no thread). With the
+time model on (``timing``), a sealed snapshot stays ``pending`` for its modelled seal time, and
+PutSnapshotBlock is throttled above the per-snapshot request rate.
 
 State the rules need (ClientTokens, per-block digests, deadlines) lives in the moto backend
 instance, so ``moto-api/reset`` (which rebuilds every backend) forgets it with everything else.
@@ -26,7 +28,7 @@ from moto.ec2.models.elastic_block_store import EBSBackend as EC2SnapshotBackend
 from moto.ec2.models.elastic_block_store import Snapshot
 
 from fedimg.standins.aws import ebs_rules as rules
-from fedimg.standins.aws import options
+from fedimg.standins.aws import options, timing
 
 # The request parameters that must match for a reused ClientToken.
 START_PARAMETERS = (
@@ -49,6 +51,8 @@ class Upload:
     visible_at: float  # monotonic; before it, the snapshot is not yet seen (eventual consistency)
     digests: dict[int, bytes] = field(default_factory=dict)
     timed_out: bool = False
+    sealing: bool = False  # CompleteSnapshot accepted; completed once the modelled seal time passed
+    requests: timing.RequestRate = field(default_factory=timing.RequestRate)
 
 
 @dataclass
@@ -71,7 +75,7 @@ def expire_if_timed_out(snapshot: EBSSnapshot, ec2_snapshot: Snapshot | None, up
     """StartSnapshot, Timeout: "the amount of time (in minutes) after which the snapshot is
     automatically cancelled if no blocks are written to the snapshot, or the snapshot is not
     completed after writing the last block of data" — the snapshot goes to state ``error``."""
-    if snapshot.status != "pending":
+    if snapshot.status != "pending" or up.sealing:
         return
     if time.monotonic() - up.last_write > up.timeout_minutes * options.minute_seconds():
         up.timed_out = True
@@ -86,6 +90,13 @@ def set_state(
         ec2_snapshot.status = state
         # DescribeSnapshots' StateMessage: "error state details".
         vars(ec2_snapshot)["state_message"] = why or None
+
+
+def settle_seal(snapshot: EBSSnapshot, ec2_snapshot: Snapshot | None, up: Upload) -> None:
+    """A sealing snapshot is ``completed`` once its modelled seal time has passed."""
+    if up.sealing and ec2_snapshot is not None:
+        timing.settle(ec2_snapshot)
+        snapshot.status = ec2_snapshot.status
 
 
 def visible(up: Upload) -> bool:
@@ -105,6 +116,7 @@ def _lookup(response: EBSResponse, snapshot_id: str) -> tuple[EBSSnapshot, Uploa
     if snapshot is None or up is None or ec2_snapshot is None or not visible(up):
         raise rules.not_found(snapshot_id)
     expire_if_timed_out(snapshot, ec2_snapshot, up)
+    settle_seal(snapshot, ec2_snapshot, up)
     return snapshot, up
 
 
@@ -163,7 +175,8 @@ def put_snapshot_block(self: EBSResponse) -> ActionResult:
     algorithm = self._get_param("ChecksumAlgorithm")
     data_length = self._get_param("DataLength")
     snapshot, up = _lookup(self, snapshot_id)
-    rules.check_writable(snapshot_id, snapshot.status, up.timed_out)
+    timing.check_put_block_rate(snapshot_id, up.requests)
+    rules.check_writable(snapshot_id, "sealing" if up.sealing else snapshot.status, up.timed_out)
     rules.check_block_index(index, snapshot.volume_size)
     rules.check_data_length(data_length, data)
     rules.check_block_checksum(checksum, algorithm, data)
@@ -179,9 +192,9 @@ def complete_snapshot(self: EBSResponse) -> ActionResult:
     changed_blocks = self._get_param("ChangedBlocksCount")
     checksum = self._get_param("Checksum")
     snapshot, up = _lookup(self, snapshot_id)
-    if snapshot.status == "completed":
-        # A retried CompleteSnapshot (its answer lost) finds the seal done; nothing changes.
-        return ActionResult({"Status": "completed"})
+    if snapshot.status == "completed" or up.sealing:
+        # A retried CompleteSnapshot (its answer lost) finds the seal done or under way.
+        return ActionResult({"Status": snapshot.status})
     rules.check_writable(snapshot_id, snapshot.status, up.timed_out)
     rules.check_aggregate_parameters(
         checksum,
@@ -189,7 +202,12 @@ def complete_snapshot(self: EBSResponse) -> ActionResult:
         self._get_param("ChecksumAggregationMethod"),
     )
     outcome, why = rules.seal_outcome(changed_blocks, checksum, up.digests)
-    set_state(snapshot, self.ebs_backend.ec2_backend.snapshots.get(snapshot_id), outcome, why)
+    ec2_snapshot = self.ebs_backend.ec2_backend.snapshots.get(snapshot_id)
+    written = len(up.digests) * rules.BLOCK_SIZE
+    if outcome == "completed" and ec2_snapshot is not None:
+        up.sealing = timing.start_seal(ec2_snapshot, written)
+        outcome = ec2_snapshot.status if up.sealing else outcome
+    set_state(snapshot, ec2_snapshot, outcome, why)
     return ActionResult({"Status": outcome})
 
 
@@ -224,7 +242,8 @@ def describe_snapshots_as_aws(describe: Any) -> Any:
     """Wraps EC2's describe_snapshots: a snapshot past its Timeout shows ``error``; one started
     less than ``visibility_delay()`` ago is not there yet (by id: ``InvalidSnapshot.NotFound``,
     by filter: absent), as after any create call of an eventually consistent API (EC2 API
-    reference, "Eventual consistency in the Amazon EC2 API")."""
+    reference, "Eventual consistency in the Amazon EC2 API"); a sealing or copied snapshot whose
+    modelled time has passed is ``completed``."""
 
     def describe_snapshots(
         self: EC2SnapshotBackend, snapshot_ids: list[str] | None = None, filters: Any = None
@@ -232,10 +251,13 @@ def describe_snapshots_as_aws(describe: Any) -> Any:
         ebs = ebs_backend_for(self.account_id, self.region_name)  # type: ignore[attr-defined]
         uploads = state_of(ebs).uploads
         hidden: set[str] = set()
+        for ec2_snapshot in list(self.snapshots.values()):
+            timing.settle(ec2_snapshot)
         for snapshot_id, up in list(uploads.items()):
             snapshot = ebs.snapshots.get(snapshot_id)
             if snapshot is not None:
                 expire_if_timed_out(snapshot, self.snapshots.get(snapshot_id), up)
+                settle_seal(snapshot, self.snapshots.get(snapshot_id), up)
             if not visible(up):
                 hidden.add(snapshot_id)
         if snapshot_ids and hidden.intersection(snapshot_ids):

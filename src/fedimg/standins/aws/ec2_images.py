@@ -3,7 +3,9 @@
 moto registers every AMI with a fake 15 GiB snapshot of its own and drops the attributes; here an
 AMI keeps the block device mappings and attributes it was given (a copy: its source's, with new
 snapshots in the destination region), has a unique name, its tags from TagSpecifications, and is
-invisible for ``options.visibility_delay()`` seconds after it was made.
+invisible for ``options.visibility_delay()`` seconds after it was made. With the time model on
+(``timing``), a new AMI is ``pending`` for its modelled registration or copy time, and a copy's
+snapshots with it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ec2.utils import random_ami_id
 
 from fedimg.standins.aws import ec2_rules as rules
+from fedimg.standins.aws import timing
 from fedimg.standins.aws.ec2_state import fingerprint, is_visible, mark_new, region_state
 from fedimg.standins.aws.ec2_tags import tag_specifications, tags_for
 from fedimg.standins.aws.errors import refuse
@@ -63,6 +66,7 @@ def register_image(self: Any) -> ActionResult:
     with region_state(backend).lock:
         rules.check_ami_name_unique(name, _live_names(backend))
         ami = _new_ami(backend, name, p("Description"), attributes, mappings)
+        timing.start_register(ami)
     ami.add_tags(tags_for(specs, "image"))
     return ActionResult({"ImageId": ami.id})
 
@@ -119,6 +123,8 @@ def _mapping(backend: Any, mapping: dict[str, Any]) -> dict[str, Any]:
         return dict(mapping)
     snapshot_id = ebs.get("SnapshotId")
     snapshot = backend.snapshots.get(snapshot_id) if snapshot_id else None
+    if snapshot is not None:
+        timing.settle(snapshot)
     if snapshot_id and snapshot is None:
         refuse("InvalidSnapshot.NotFound", f"The snapshot '{snapshot_id}' does not exist.")
     if snapshot is not None and snapshot.status != "completed":
@@ -173,6 +179,7 @@ def _new_ami(
 def _copy(backend: Any, source: Any, name: str, description: str | None, snap_tags: Any) -> Any:
     """The copy: the source's attributes, each snapshot copied into this region."""
     mappings = []
+    copies = []  # (source snapshot, its copy)
     for m in _mappings_of(source):
         m = {**m, "Ebs": dict(m["Ebs"])} if "Ebs" in m else dict(m)
         if m.get("Ebs", {}).get("SnapshotId"):
@@ -183,12 +190,14 @@ def _copy(backend: Any, source: Any, name: str, description: str | None, snap_ta
                 None,
             )
             snap.add_tags(snap_tags)
+            copies.append((source.ec2_backend.snapshots[m["Ebs"]["SnapshotId"]], snap))
             m["Ebs"]["SnapshotId"] = snap.id
         mappings.append(m)
     attributes = {attr: getattr(source, attr, None) for attr in ATTRIBUTES.values()}
     ami = _new_ami(backend, name, description or source.description, attributes, mappings)
     ami.source_image_id = source.id
     ami.source_image_region = source.ec2_backend.region_name
+    timing.start_copy(ami, backend.region_name, copies)
     return ami
 
 
@@ -248,6 +257,7 @@ def patch_models() -> None:
 
     Ami.block_device_mappings = property(block_device_mappings)  # type: ignore[method-assign,assignment]
     AmiBackend.describe_images = _visible_only(AmiBackend.describe_images)  # type: ignore[method-assign]
+    timing.patch_models()
     EBSBackend.delete_snapshot = _refuse_in_use(EBSBackend.delete_snapshot)  # type: ignore[method-assign]
 
 
@@ -255,7 +265,11 @@ def _visible_only(original: Callable[..., list[Any]]) -> Callable[..., list[Any]
     def describe_images(backend: Any, ami_ids: list[str] | None = None, **kw: Any) -> list[Any]:
         """Eventual consistency (ec2 "Eventual consistency"): a new AMI is unknown by id and
         absent from filtered results until its window has passed; every caller of this lookup
-        (CreateTags, ModifyImageAttribute, CopyImage's source …) sees the same."""
+        (CreateTags, ModifyImageAttribute, CopyImage's source …) sees the same. An AMI whose
+        modelled registration or copy time has passed is ``available`` (``timing``) before any
+        filter looks at its state."""
+        for ami in list(backend.amis.values()):
+            timing.settle(ami)
         hidden = [i for i in ami_ids or [] if i in backend.amis and not is_visible(backend.amis[i])]
         if hidden:
             raise InvalidAMIIdError(hidden)

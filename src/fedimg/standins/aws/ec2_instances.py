@@ -8,6 +8,7 @@ from typing import Any
 from moto.core.responses import ActionResult
 
 from fedimg.standins.aws import ec2_rules as rules
+from fedimg.standins.aws import timing
 from fedimg.standins.aws.ec2_state import fingerprint, region_state
 from fedimg.standins.aws.ec2_tags import tag_specifications
 from fedimg.standins.aws.errors import refuse
@@ -15,6 +16,7 @@ from fedimg.standins.aws.errors import refuse
 
 def run_instances(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """RunInstances (API_RunInstances.html) behind its rules; moto launches the instances."""
+    original = _booting(original)
 
     def handler(self: Any) -> Any:
         rules.check_metadata_options(self._get_param("MetadataOptions") or {})
@@ -48,3 +50,14 @@ def _same_launch(backend: Any, token: str, first_request: str, request: str) -> 
         if any(i.client_token == token for i in reservation.instances):
             return reservation
     refuse("IdempotentParameterMismatch", f"No launch is left for client token {token}")
+
+
+def _booting(launch: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """With the time model on, new instances boot for their modelled time (``timing``)."""
+
+    def handler(self: Any) -> Any:
+        result = launch(self)
+        timing.start_boot(list(result.result.instances))
+        return result
+
+    return handler

@@ -14,6 +14,8 @@ SSM_VALIDATION_DELAY = "FEDIMG_STANDIN_SSM_VALIDATION_DELAY"
 PUBLIC_AMI_QUOTA = "FEDIMG_STANDIN_PUBLIC_AMI_QUOTA"
 DENY = "FEDIMG_STANDIN_DENY"
 DISABLED_REGIONS = "FEDIMG_STANDIN_DISABLED_REGIONS"
+TIME_SCALE = "FEDIMG_STANDIN_TIME_SCALE"
+PUT_BLOCK_RATE = "FEDIMG_STANDIN_PUT_BLOCK_RATE"
 
 
 def _float(name: str, default: float) -> float:
@@ -31,6 +33,17 @@ def visibility_delay() -> float:
 def minute_seconds() -> float:
     """Real seconds in one of AWS's minutes (e.g. StartSnapshot's Timeout); 60 unless compressed."""
     return max(0.001, _float(MINUTE_SECONDS, 60.0))
+
+
+def time_scale() -> float:
+    """Real seconds per AWS second in the time model (``timing.py``); 0, the default, turns the
+    model off: snapshots, AMIs, copies and instances are ready at once."""
+    return max(0.0, _float(TIME_SCALE, 0.0))
+
+
+def put_block_rate(default: float) -> float:
+    """PutSnapshotBlock requests per second and snapshot before throttling (time model only)."""
+    return max(0.001, _float(PUT_BLOCK_RATE, default))
 
 
 # AWS's default "Public AMIs" quota per region (Service Quotas ec2/L-0E3CBAB9).
