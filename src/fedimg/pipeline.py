@@ -24,12 +24,14 @@ from fedimg.config import Settings
 from fedimg.errors import FedimgError
 from fedimg.events import Event, Sink, null_sink
 from fedimg.identity import ImageIdentity
+from fedimg.outcomes import FAILED as FAILED  # re-exported: the test seam's verdicts
+from fedimg.outcomes import IMAGE_FAILED, PUBLISHED, TEST_FAILED
+from fedimg.outcomes import NEEDS_INSPECTION as NEEDS_INSPECTION
+from fedimg.outcomes import PASSED as PASSED
 from fedimg.report import TESTCASE_AMI_BOOT, ComposeRef, ImageRef, ResultsReporter, TestReport
 from fedimg.upload import UploadOutcome, upload_image
 
 log = logging.getLogger(__name__)
-
-PASSED, FAILED, NEEDS_INSPECTION = "PASSED", "FAILED", "NEEDS_INSPECTION"
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class ImageOutcome:
     image_name: str
     arch: str
     subvariant: str
-    status: str = "failed"  # published | failed | test-failed
+    status: str = IMAGE_FAILED  # an IMAGE_OUTCOMES value
     base_ami: str = ""
     regions: dict[str, str] = field(default_factory=dict)  # region → AMI id (published ones)
     error: str = ""
@@ -95,12 +97,12 @@ class ComposeOutcome:
 
     @property
     def ok(self) -> bool:
-        return all(i.status == "published" for i in self.images)
+        return all(i.status == PUBLISHED for i in self.images)
 
     @property
     def retryable(self) -> bool:
         """A later run may do better: some image failed for a reason that can pass."""
-        return any(i.status == "failed" and i.retryable for i in self.images)
+        return any(i.status == IMAGE_FAILED and i.retryable for i in self.images)
 
 
 @dataclass
@@ -118,36 +120,12 @@ class Pipeline:
         with ThreadPoolExecutor(self.settings.compose.image_workers) as pool:
             outcomes = list(pool.map(lambda img: self.run_image(img, info), images))
         result = ComposeOutcome(info.compose_id, info.release_version, outcomes)
-        self.sink(
-            Event(
-                "compose",
-                "completed",
-                detail={
-                    "compose_id": info.compose_id,
-                    "release": info.release_version,
-                    "images": [o.summary() for o in outcomes],
-                },
-            )
-        )
+        self.sink(compose_summary_event(result))
         return result
 
     def run_image(self, image: ComposeImage, info: ComposeInfo) -> ImageOutcome:
-        identity = ImageIdentity(
-            image_name=image.image_name,
-            arch=image.arch,
-            sha256=image.sha256,
-            compose_id=info.compose_id,
-            release=info.release_version,
-            subvariant=image.subvariant,
-            url=image.url,
-            compose_kind=composekind.classify(
-                info.compose_id,
-                compose_type=info.compose_type,
-                label=info.label,
-                release_version=info.release_version,
-            ).value,
-        )
-        return self.publish_identity(identity, image.url, image, info)
+        """The per-image stages: what a worker of the split deployment runs for one image."""
+        return self.publish_identity(identity_of(image, info), image.url, image, info)
 
     def publish_identity(
         self,
@@ -170,7 +148,7 @@ class Pipeline:
             verdict = self._test(identity, uploaded, image, info, emit)
             outcome.test = verdict
             if verdict.outcome == FAILED and self.settings.test.block_publish:
-                outcome.status, outcome.error = "test-failed", verdict.reason
+                outcome.status, outcome.error = TEST_FAILED, verdict.reason
                 return outcome
             if verdict.outcome == NEEDS_INSPECTION:
                 # Never publish what could not be tested; the infrastructure may do better later.
@@ -286,8 +264,41 @@ class Pipeline:
             outcome.retryable = any(e.retryable for _, e in errors)
             emit("publish", "failed", regions=outcome.regions, error=outcome.error)
             return
-        outcome.status = "published"
+        outcome.status = PUBLISHED
         emit("publish", "completed", regions=outcome.regions, public=self.settings.publish.public)
+
+
+def identity_of(image: ComposeImage, info: ComposeInfo) -> ImageIdentity:
+    """The identity every stage finds an image's earlier work by."""
+    return ImageIdentity(
+        image_name=image.image_name,
+        arch=image.arch,
+        sha256=image.sha256,
+        compose_id=info.compose_id,
+        release=info.release_version,
+        subvariant=image.subvariant,
+        url=image.url,
+        compose_kind=composekind.classify(
+            info.compose_id,
+            compose_type=info.compose_type,
+            label=info.label,
+            release_version=info.release_version,
+        ).value,
+    )
+
+
+def compose_summary_event(result: ComposeOutcome) -> Event:
+    """The ``fedimg.compose.complete`` event: built from the image outcomes alone, so that a
+    worker deriving them from AWS's records announces what one process would have."""
+    return Event(
+        "compose",
+        "completed",
+        detail={
+            "compose_id": result.compose_id,
+            "release": result.release,
+            "images": [o.summary() for o in result.images],
+        },
+    )
 
 
 class _Emitter:
