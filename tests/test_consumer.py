@@ -18,14 +18,8 @@ from fedora_messaging.message import Message
 
 from fedimg.aws.clients import Clients
 from fedimg.config import Settings
-from fedimg.consumer import (
-    Consumer,
-    backoff,
-    build_pipeline,
-    parse_compose_message,
-    requeue_pause_from_config,
-    settings_from_consumer_config,
-)
+from fedimg.consumer import Consumer, parse_compose_message
+from fedimg.delivery import backoff, requeue_pause_from_config, settings_from_consumer_config
 from fedimg.errors import ConfigError, InputError, TransientError
 from fedimg.pipeline import Pipeline
 from fedimg.samplecompose import (
@@ -33,6 +27,7 @@ from fedimg.samplecompose import (
     compose_message,
 )
 from fedimg.standins.moto import free_port
+from fedimg.wiring import build_pipeline
 from tests.helpers import ec2, served_compose, trusting
 
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"

@@ -224,7 +224,7 @@ def compose(obj: _Context, location: str, dry_run: bool, as_json: bool) -> None:
             for i in images:
                 click.echo(f"{i.arch:8} {i.subvariant:12} {i.type:8} {i.size:>12} {i.path}")
         return
-    from fedimg.consumer import build_pipeline
+    from fedimg.wiring import build_pipeline
 
     pipeline = build_pipeline(settings)
     outcome = pipeline.run_compose(location)
@@ -234,7 +234,7 @@ def compose(obj: _Context, location: str, dry_run: bool, as_json: bool) -> None:
     else:
         from rich.console import Console
 
-        from fedimg.demo import region_table
+        from fedimg.regiontable import region_table
 
         Console().print(region_table(outcome, pipeline.clients))
     if not outcome.ok:

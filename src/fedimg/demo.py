@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 from rich.console import Console
-from rich.table import Table
 
 from fedimg import config as config_mod
 from fedimg.aws.clients import Clients
@@ -34,6 +33,7 @@ from fedimg.errors import TransientError
 from fedimg.events import Event, fan_out
 from fedimg.identity import AWS_ARCH
 from fedimg.pipeline import ComposeOutcome, Pipeline
+from fedimg.regiontable import region_table
 
 if TYPE_CHECKING:
     from fedimg.aws.boottest import SshTarget, TargetResolver
@@ -285,22 +285,3 @@ def _printer(console: Console) -> Any:
         console.print(f"  {e.stage:8} {e.status:10}{where} {ami}".rstrip())
 
     return show
-
-
-def region_table(outcome: ComposeOutcome, clients: Clients) -> Table:
-    """Image x region → AMI id, its architecture and boot mode, state, public — read back from
-    AWS, not from memory."""
-    table = Table(title=f"compose {outcome.compose_id}")
-    for col in ("image", "region", "AMI", "arch", "boot mode", "state", "public"):
-        table.add_column(col)
-    for image in sorted(outcome.images, key=lambda i: i.image_name):
-        if not image.regions:
-            table.add_row(image.image_name, "-", "-", "-", "-", image.status, image.error[:60])
-        for region, ami in sorted(image.regions.items()):
-            ec2 = clients.ec2(region)
-            held = ec2.describe_images(ImageIds=[ami])["Images"][0]
-            perms = ec2.describe_image_attribute(ImageId=ami, Attribute="launchPermission")
-            public = "yes" if {"Group": "all"} in perms.get("LaunchPermissions", []) else "no"
-            arch, mode = held.get("Architecture", "?"), held.get("BootMode", "?")
-            table.add_row(image.image_name, region, ami, arch, mode, held.get("State", "?"), public)
-    return table
