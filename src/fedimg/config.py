@@ -68,6 +68,28 @@ class AwsSettings:
     copy_workers: int = 24
 
 
+UPLOAD_METHODS = ("ebs-direct", "import-snapshot")
+# S3 bucket names: 3-63 lower-case letters, digits, dots and hyphens (S3 User Guide, "Bucket
+# naming rules").
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    # "ebs-direct": blocks straight into a snapshot (no bucket). "import-snapshot": the raw image
+    # is staged in an S3 bucket and imported with ImportSnapshot (aws/importsnapshot.py).
+    method: str = "ebs-direct"
+    # import-snapshot only: the bucket (in aws.base_region), the key prefix of staged images, and
+    # the VM Import service role (AWS's default name).
+    bucket: str = ""
+    prefix: str = "fedimg/"
+    role: str = "vmimport"
+    # An import task whose status and progress do not change for this long is cancelled.
+    stall_seconds: int = 1800
+    # The longest an import task is followed before it is cancelled (AWS reports 15-100 min).
+    deadline_seconds: int = 14400
+
+
 @dataclass(frozen=True)
 class ImageSettings:
     volume_type: str = "gp3"
@@ -201,6 +223,7 @@ class RetentionSettings:
 @dataclass(frozen=True)
 class Settings:
     aws: AwsSettings = field(default_factory=AwsSettings)
+    upload: UploadSettings = field(default_factory=UploadSettings)
     image: ImageSettings = field(default_factory=ImageSettings)
     compose: ComposeSettings = field(default_factory=ComposeSettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
@@ -314,6 +337,7 @@ def validate(s: Settings) -> Settings:
             raise ConfigError(f"aws.{key}: must be at least 1")
     if not 10 <= a.snapshot_timeout_minutes <= 4320:
         raise ConfigError("aws.snapshot_timeout_minutes: must be between 10 and 4320")
+    _upload(s.upload)
     if i.volume_type not in VOLUME_TYPES:
         raise ConfigError(f"image.volume_type: must be one of {', '.join(VOLUME_TYPES)}")
     for arch, mode in i.boot_mode.items():
@@ -368,6 +392,20 @@ def validate(s: Settings) -> Settings:
     if s.retention.keep_newest < 1:
         raise ConfigError("retention.keep_newest: must be at least 1")
     return s
+
+
+def _upload(u: UploadSettings) -> None:
+    if u.method not in UPLOAD_METHODS:
+        raise ConfigError(f"upload.method: must be one of {', '.join(UPLOAD_METHODS)}")
+    if u.method == "import-snapshot" and not u.bucket:
+        raise ConfigError("upload.bucket: required with upload.method = import-snapshot")
+    if u.bucket and not BUCKET_RE.match(u.bucket):
+        raise ConfigError(f"upload.bucket: {u.bucket!r} is not a valid S3 bucket name")
+    if u.method == "import-snapshot" and not u.role:
+        raise ConfigError("upload.role: required with upload.method = import-snapshot")
+    for key in ("stall_seconds", "deadline_seconds"):
+        if getattr(u, key) < 1:
+            raise ConfigError(f"upload.{key}: must be at least 1")
 
 
 def _region(key: str, value: str) -> None:

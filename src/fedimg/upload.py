@@ -20,6 +20,7 @@ from typing import Any
 
 from fedimg.aws.clients import Clients
 from fedimg.aws.image import register_image_if_not_exists
+from fedimg.aws.importsnapshot import import_snapshot_if_not_exists
 from fedimg.aws.snapshot import delete_snapshot_quietly, upload_snapshot_if_not_exists
 from fedimg.config import Settings
 from fedimg.errors import InputError
@@ -30,6 +31,11 @@ from fedimg.source import DownloadPolicy, ImageSource, _Origin
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
+# upload.method → the stage that makes "a completed snapshot of this image" (same contract).
+UPLOAD_METHODS = {
+    "ebs-direct": upload_snapshot_if_not_exists,
+    "import-snapshot": import_snapshot_if_not_exists,
+}
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ def upload_image(
         trusted=trusted,
         ca_bundle=ca_bundle,
     ) as source:
-        snap = upload_snapshot_if_not_exists(source, identity, settings, clients, sink)
+        upload = UPLOAD_METHODS[settings.upload.method]
+        snap = upload(source, identity, settings, clients, sink)
     image = register_image_if_not_exists(
         settings, clients, identity, snap.snapshot_id, snap.volume_size_gib, name=ami_name
     )

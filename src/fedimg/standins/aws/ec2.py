@@ -10,6 +10,7 @@ from fedimg.standins.aws import (
     ec2_account,
     ec2_deprecation,
     ec2_images,
+    ec2_import,
     ec2_instances,
     ec2_lifecycle,
     ec2_sharing,
@@ -56,3 +57,4 @@ def install() -> None:
     ec2_account.install()
     ec2_lifecycle.install()
     iam_model.install()
+    ec2_import.install()

@@ -16,6 +16,8 @@ DENY = "FEDIMG_STANDIN_DENY"
 DISABLED_REGIONS = "FEDIMG_STANDIN_DISABLED_REGIONS"
 TIME_SCALE = "FEDIMG_STANDIN_TIME_SCALE"
 PUT_BLOCK_RATE = "FEDIMG_STANDIN_PUT_BLOCK_RATE"
+IMPORT_SECONDS = "FEDIMG_STANDIN_IMPORT_SECONDS"
+IMPORT_STALL_AT = "FEDIMG_STANDIN_IMPORT_STALL_AT"
 
 
 def _float(name: str, default: float) -> float:
@@ -44,6 +46,19 @@ def time_scale() -> float:
 def put_block_rate(default: float) -> float:
     """PutSnapshotBlock requests per second and snapshot before throttling (time model only)."""
     return max(0.001, _float(PUT_BLOCK_RATE, default))
+
+
+def import_seconds() -> float:
+    """Real seconds an ImportSnapshot task takes from ``pending`` to ``completed`` (AWS takes
+    15-100 minutes; tests compress it)."""
+    return max(0.0, _float(IMPORT_SECONDS, 1.0))
+
+
+def import_stall_at() -> float | None:
+    """A progress percentage at which every import task stops moving (a hung task, as AWS's
+    sometimes are); None, the default: tasks never stall."""
+    value = _float(IMPORT_STALL_AT, -1.0)
+    return value if value >= 0 else None
 
 
 # AWS's default "Public AMIs" quota per region (Service Quotas ec2/L-0E3CBAB9).
