@@ -1,13 +1,17 @@
 """Upload benchmark: fedimg against its floors and a naive uploader, on a moto server.
 
 Generates (once, cached in build/bench/) a sparse raw image with a share of non-zero 512 KiB
-blocks of partly compressible data, xz-compresses it, starts a moto server in its own process
-and measures in one run:
+blocks of partly compressible data, xz-compresses it twice — one block (`xz -T1`, like a plain
+`xz` run) and 24 MiB blocks (`xz -T2 --block-size=24MiB`, the blocks multi-threaded xz writes at
+its default preset, as for Fedora's images) — starts a moto server in its own process and measures
+in one run:
 
-  floor_xz_s      xz -dc of the file to /dev/null: the decompression floor
+  floor_xz_s      xz -dc of the one-block file to /dev/null: the decompression floor
   floor_ingest_s  the non-zero blocks PUT raw by 16 threads, no reading or hashing: the server floor
-  fedimg_s        `fedimg upload --json` of the .raw.xz (a separate process; its peak RSS measured)
+  fedimg_s        `fedimg upload --json` of the one-block .raw.xz (a separate process; peak RSS)
   naive_s         one thread, every block sent, zeros included
+  multi_block     the same for the multi-block file, against `xz -dc -T0` (xz's own parallel
+                  decoder) as the decompression floor; fedimg decodes its blocks in parallel
 
 The last line printed is one JSON object.
 """
@@ -26,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -34,12 +39,12 @@ import botocore.config
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from fedimg.source import BLOCK_SIZE, sha256_file  # noqa: E402
+from fedimg import xzblocks  # noqa: E402
+from fedimg.source import BLOCK_SIZE, ImageSource, sha256_file  # noqa: E402
 from fedimg.standins.moto import moto_subprocess, reset  # noqa: E402
 from fedimg.synthetic import nonzero_block, write_sparse_image  # noqa: E402
 
 GIB = 1024**3
-FEDIMG_CPU_S: list[float] = []  # CPU seconds (user + system) of each fedimg run
 
 
 def parse_size(text: str) -> int:
@@ -49,27 +54,49 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def cached_image(size: int, fraction: float) -> tuple[Path, int]:
-    """The .raw.xz (built once) and its count of non-zero blocks."""
+# How each case is compressed: one block (-T1), or the 24 MiB blocks multi-threaded xz writes at
+# its default preset (3 x the 8 MiB dictionary); -3 keeps generating the image quick.
+XZ_OPTIONS = {"": ["-T1", "-3"], "-multi": ["-T2", "-3", "--block-size=24MiB"]}
+
+
+def cached_image(size: int, fraction: float, case: str = "") -> tuple[Path, int]:
+    """The .raw.xz of ``case`` (a key of XZ_OPTIONS; built once), its count of non-zero blocks."""
     folder = ROOT / "build" / "bench"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-{size // 1024**2}M-{round(fraction * 100)}pct.x86_64"
+    stem = f"bench-{size // 1024**2}M-{round(fraction * 100)}pct{case}.x86_64"
     xz = folder / f"{stem}.raw.xz"
     meta = folder / f"{stem}.json"
     if not (xz.exists() and meta.exists()):
         raw = folder / f"{stem}.raw"
         print(f"generating {raw.name} ({size} bytes, {fraction:.0%} non-zero)…", file=sys.stderr)
         nonzero = write_sparse_image(raw, size, fraction)
-        # One xz stream and block (-T1), like a plain `xz` run: decompression is single-threaded.
-        subprocess.run(["xz", "-f", "-T1", "-3", str(raw)], check=True)
+        subprocess.run(["xz", "-f", *XZ_OPTIONS[case], str(raw)], check=True)
         meta.write_text(json.dumps({"nonzero_blocks": len(nonzero), "sha256": sha256_file(xz)}))
     return xz, json.loads(meta.read_text())["nonzero_blocks"]
 
 
-def floor_xz(xz: Path) -> float:
+def xz_facts(xz: Path) -> tuple[int, int]:
+    """(blocks in the file, threads fedimg decodes it with), as `fedimg upload` will decide."""
+    with ImageSource(str(xz)) as src:
+        threads = src.decompress_threads
+    layout = xzblocks.read_layout(xz.stat().st_size, read_at(xz), str(xz))
+    return layout.block_count, threads
+
+
+def read_at(path: Path) -> Callable[[int, int], bytes]:
+    def read(offset: int, length: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    return read
+
+
+def floor_xz(xz: Path, threads: str = "1") -> float:
+    """``xz -dc -T<threads>`` to /dev/null ("0": xz's parallel decoder on every core)."""
     t = time.monotonic()
     with open(os.devnull, "wb") as null:
-        subprocess.run(["xz", "-dc", str(xz)], stdout=null, check=True)
+        subprocess.run(["xz", "-dc", f"-T{threads}", str(xz)], stdout=null, check=True)
     return time.monotonic() - t
 
 
@@ -137,8 +164,11 @@ def naive_upload(url: str, xz: Path, gib: int) -> float:
 
 def fedimg_upload(
     url: str, xz: Path, sha256: str, workers: int
-) -> tuple[float, dict[str, object], float]:
-    """Runs `fedimg upload --json` as its own process; returns (seconds, output, peak RSS MiB)."""
+) -> tuple[float, dict[str, object], float, float]:
+    """Runs `fedimg upload --json` as its own process.
+
+    Returns (seconds, its output, its peak RSS in MiB, its CPU seconds: user + system).
+    """
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as cfg:
         cfg.write(f'[aws]\nendpoint_url = "{url}"\nupload_workers = {workers}\n')
     exe = shutil.which("fedimg", path=str(Path(sys.executable).parent)) or "fedimg"
@@ -157,8 +187,8 @@ def fedimg_upload(
     os.unlink(cfg.name)
     if proc.returncode != 0:
         raise SystemExit(f"fedimg upload failed with status {proc.returncode}")
-    FEDIMG_CPU_S.append(usage.ru_utime + usage.ru_stime)
-    return seconds, json.loads(out), usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return seconds, json.loads(out), usage.ru_maxrss / 1024, cpu  # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:
@@ -171,13 +201,15 @@ def main() -> None:
 
     size = parse_size(args.size)
     xz, nonzero_blocks = cached_image(size, args.nonzero)
-    sha256 = json.loads(xz.with_suffix("").with_suffix(".json").read_text())["sha256"]
+    multi, _ = cached_image(size, args.nonzero, "-multi")
     gib = -(-size // GIB)
     with moto_subprocess() as url:
         t_xz = floor_xz(xz)
         t_ingest = floor_ingest(url, gib, nonzero_blocks)
         reset(url)  # moto keeps every block in RAM
-        t_fedimg, out, rss = fedimg_upload(url, xz, sha256, args.workers)
+        t_fedimg, out, rss, cpu = fedimg_upload(url, xz, sha256_of(xz), args.workers)
+        reset(url)
+        multi_block = multi_block_case(url, multi, t_ingest, args.workers)
         reset(url)
         t_naive = None if args.skip_naive else naive_upload(url, xz, gib)
     floor = max(t_xz, t_ingest)
@@ -192,11 +224,37 @@ def main() -> None:
         "ratio_to_floor": round(t_fedimg / floor, 3),
         "speedup_vs_naive": None if t_naive is None else round(t_naive / t_fedimg, 2),
         "peak_rss_mib": round(rss, 1),
-        "fedimg_cpu_s": round(FEDIMG_CPU_S[-1], 2),
+        "fedimg_cpu_s": round(cpu, 2),
         "xz_bytes": xz.stat().st_size,
         "workers": args.workers,
+        "decompress_threads": xz_facts(xz)[1],
+        "multi_block": multi_block,
     }
     print(json.dumps(result))
+
+
+def sha256_of(xz: Path) -> str:
+    return str(json.loads(xz.with_suffix("").with_suffix(".json").read_text())["sha256"])
+
+
+def multi_block_case(url: str, xz: Path, t_ingest: float, workers: int) -> dict[str, object]:
+    """fedimg on the multi-block file, against xz's own parallel decoder and the ingest floor."""
+    blocks, threads = xz_facts(xz)
+    t_xz_1 = floor_xz(xz)
+    t_xz_all = floor_xz(xz, "0")
+    t_fedimg, out, rss, cpu = fedimg_upload(url, xz, sha256_of(xz), workers)
+    return {
+        "xz_bytes": xz.stat().st_size,
+        "xz_blocks": blocks,
+        "decompress_threads": threads,
+        "floor_xz_s": round(t_xz_1, 2),
+        "floor_xz_threaded_s": round(t_xz_all, 2),
+        "fedimg_s": round(t_fedimg, 2),
+        "ratio_to_floor": round(t_fedimg / max(t_xz_all, t_ingest), 3),
+        "bytes_sent": int(out["blocks_sent"]) * BLOCK_SIZE,  # type: ignore[call-overload]
+        "peak_rss_mib": round(rss, 1),
+        "fedimg_cpu_s": round(cpu, 2),
+    }
 
 
 if __name__ == "__main__":
