@@ -92,13 +92,15 @@ def test_model_durations_follow_size_and_region() -> None:
 
 
 def test_a_completed_upload_is_pending_with_rising_progress_until_sealed(
-    ebs: Any, ec2: Any, scale: Callable[[float], None]
+    ebs: Any, ec2: Any, scale: Callable[[float], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """EBS user guide, "Write snapshots": CompleteSnapshot starts an asynchronous seal; its Status
     and DescribeSnapshots say pending (Progress rising) until completed. Meanwhile a retried
-    CompleteSnapshot answers pending and a new block is refused."""
-    scale(0.02)  # the seal of one block: ~30 AWS s → 0.6 s
-    snapshot_id = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    CompleteSnapshot answers pending, a new block is refused, and StartSnapshot's Timeout (for a
+    snapshot "not completed after writing the last block") no longer applies."""
+    scale(0.05)  # the seal of one block: ~30 AWS s → 1.5 s
+    monkeypatch.setenv(options.MINUTE_SECONDS, "0.1")  # Timeout 10 → 1 s, shorter than the seal
+    snapshot_id = ebs.start_snapshot(VolumeSize=1, Timeout=10)["SnapshotId"]
     data = os.urandom(BLOCK)
     put(ebs, snapshot_id, 0, data)
     sealed_at = time.monotonic()
@@ -121,7 +123,7 @@ def test_a_registered_ami_is_pending_then_available(
 ) -> None:
     """API_RegisterImage.html / DescribeImages State: a new AMI is pending, then available."""
     snap = snapshot(ec2)
-    scale(0.02)  # 15 AWS s → 0.3 s
+    scale(0.04)  # 15 AWS s → 0.6 s
     started = time.monotonic()
     ami = register(ec2, snap)
     assert image_state(ec2, ami) == "pending"
@@ -138,7 +140,7 @@ def test_a_copy_takes_its_region_s_time_with_its_snapshots(
     factors = {r: timing.region_factor(r) for r in REGIONS if r != "us-east-1"}
     fast, slow = min(factors, key=factors.__getitem__), max(factors, key=factors.__getitem__)
     snap = snapshot(ec2, gib=1)
-    scale(0.001)  # 1 GiB: 300 AWS s x factor → 0.15-0.6 s
+    scale(0.004)  # 1 GiB: 300 AWS s x factor → 0.6-2.4 s
     ami = register(ec2, snap)
     until(lambda: image_state(ec2, ami), "available")
     clients = {r: client_in(aws, r) for r in (fast, slow)}
@@ -147,11 +149,13 @@ def test_a_copy_takes_its_region_s_time_with_its_snapshots(
         r: c.copy_image(SourceRegion="us-east-1", SourceImageId=ami, Name="copy")["ImageId"]
         for r, c in clients.items()
     }
+    copied_snaps = {}
+    for r, c in clients.items():
+        mapping = c.describe_images(ImageIds=[copies[r]])["Images"][0]["BlockDeviceMappings"][0]
+        copied_snaps[r] = mapping["Ebs"]["SnapshotId"]
+        assert image_state(c, copies[r]) == snapshot_of(c, copied_snaps[r])["State"] == "pending"
     for r in (fast, slow):
-        c, copy = clients[r], copies[r]
-        mapping = c.describe_images(ImageIds=[copy])["Images"][0]["BlockDeviceMappings"][0]
-        copied_snap = mapping["Ebs"]["SnapshotId"]
-        assert (image_state(c, copy), snapshot_of(c, copied_snap)["State"]) == ("pending",) * 2
+        c, copy, copied_snap = clients[r], copies[r], copied_snaps[r]
         until(lambda: image_state(c, copy), "available")  # noqa: B023 - used at once
         assert time.monotonic() - started >= timing.real_seconds(timing.copy_seconds(r, timing.GIB))
         assert snapshot_of(c, copied_snap)["State"] == "completed"
@@ -169,10 +173,11 @@ def test_an_instance_runs_then_passes_its_status_checks(
     """RunInstances answers pending; pending → running (measured ~17 s), then DescribeInstanceStatus
     shows the instance and system checks initializing until they have run (every minute), then ok.
     """
-    ami = str(ec2.register_image(Name="booting", VirtualizationType="hvm")["ImageId"])
-    scale(0.005)  # running after 0.085 s, checks ok 0.6 s later
-    launched = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.small")
+    registered = ec2.register_image(Name="boot", Architecture="x86_64", VirtualizationType="hvm")
+    ami = str(registered["ImageId"])
+    scale(0.015)  # running after 0.26 s, checks ok 1.8 s later
     started = time.monotonic()
+    launched = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.small")
     instance = launched["Instances"][0]
     assert instance["State"] == {"Code": 0, "Name": "pending"}
 
