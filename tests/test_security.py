@@ -1,5 +1,6 @@
 """Security: no shell, no credentials in logs or messages, no public AMI before its test passed,
-and an IAM policy that lists exactly the AWS actions fedimg uses."""
+and an IAM policy that lists exactly the AWS actions fedimg uses and allows each call of a full
+run only on the resources fedimg made (judged by an IAM policy evaluator, tests/iam/)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from fedimg.preflight_aws import aws_rows
 from fedimg.source import sha256_file
 from fedimg.upload import upload_image
 from tests.helpers import ec2, record, served_compose
+from tests.iam.evaluator import evaluate
+from tests.iam.requests import AccessRecorder, iam_requests, is_account_resource
 from tests.services import collect_messages, fedora_messaging_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,11 +128,27 @@ def guest(build_dir: Path) -> Iterator[Guest]:
 IAM_PREFIX = {"service-quotas": "servicequotas"}
 # "No permissions are required to perform this operation" (STS API reference).
 NEEDS_NO_PERMISSION = {"sts:GetCallerIdentity"}
+MANAGED = "fedimg:managed"
 
 
 def iam_actions() -> set[str]:
     policy = json.loads((ROOT / "iam-policy.json").read_text())
-    return {a for s in policy["Statement"] for a in s["Action"]}
+    listed = [s["Action"] for s in policy["Statement"]]
+    return {a for actions in listed for a in ([actions] if isinstance(actions, str) else actions)}
+
+
+def without_managed_tag(request: dict[str, Any]) -> dict[str, Any] | None:
+    """``request`` on a resource that is not fedimg's (no fedimg:managed, as a resource tag or
+    in the request's tags); None when the request does not depend on that tag."""
+    if is_account_resource(request["resource"]):
+        return None  # the default VPC's network is not fedimg's and carries no fedimg tags
+    context = request["context"]
+    dropped = {
+        k: v for k, v in context.items() if not k.endswith(f"Tag/{MANAGED}") and k != "aws:TagKeys"
+    }
+    if len(dropped) == len(context):
+        return None
+    return request | {"context": dropped}
 
 
 def test_iam_policy_lists_exactly_the_actions_of_a_full_run(
@@ -146,6 +165,7 @@ def test_iam_policy_lists_exactly_the_actions_of_a_full_run(
     )
     session = boto3.session.Session()
     rec = record(session)
+    access = AccessRecorder(session, aws)
     clients = Clients(s.aws, session=session)
 
     def to_guest(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
@@ -216,3 +236,25 @@ def test_iam_policy_lists_exactly_the_actions_of_a_full_run(
     observed = {f"{IAM_PREFIX.get(service, service)}:{op}" for service, op, _ in rec.calls}
     assert observed - NEEDS_NO_PERMISSION == iam_actions()
     assert sha256_file(xz)  # the input was read, never written
+
+    # Every call as IAM authorizes it, each resource with the tags it had at the call; and each
+    # of those that fedimg:managed allowed, on a resource without it (a foreign one).
+    calls = [c for c in access.calls if not c.params.get("DryRun")]  # dry runs: placeholders
+    requests = [r for c in calls if c.action not in NEEDS_NO_PERMISSION for r in iam_requests(c)]
+    foreign = [f for f in map(without_managed_tag, requests) if f is not None]
+    verdicts = evaluate(requests + foreign)
+    allowed, denied = verdicts[: len(requests)], verdicts[len(requests) :]
+    refused = [
+        (r["action"], r["resource"], v)
+        for r, v in zip(requests, allowed, strict=True)
+        if v != "Allowed"
+    ]
+    assert refused == [], "\n".join(map(str, refused))
+    let_through = [
+        (f["action"], f["resource"], v)
+        for f, v in zip(foreign, denied, strict=True)
+        if v != "ImplicitlyDenied"
+    ]
+    assert let_through == [], "\n".join(map(str, let_through))
+    conditioned = {f["action"] for f in foreign}
+    assert {"ec2:DeregisterImage", "ec2:ModifyImageAttribute", "ec2:DeleteSnapshot"} <= conditioned

@@ -45,7 +45,8 @@ def copy_image_if_not_exists(
     """Copies the base AMI into ``region`` unless a copy is already there.
 
     Safe to re-run: CopyImage does not enforce unique names, so the copy is looked up (by tag or
-    name) first; the ClientToken makes a retried request idempotent; tags are re-applied. Name
+    name) first; the ClientToken makes a retried request idempotent; a new copy is tagged by
+    CopyImage itself, a found one gets its tags re-applied. Name
     and description are RegisterImage's, within AWS's limits (limits.py): a name AWS would
     refuse is an InputError before any request.
     """
@@ -67,9 +68,16 @@ def copy_image_if_not_exists(
                 Description=ami_description(identity),
                 ClientToken=copy_token(identity, source.ami, region),
                 CopyImageTags=True,
+                # Tagged in the same call, the copy and its new snapshots are fedimg's from the
+                # start: iam-policy.json allows CopyImage only with fedimg:managed in the request.
+                TagSpecifications=[
+                    {"ResourceType": "image", "Tags": tags},
+                    {"ResourceType": "snapshot", "Tags": tags},
+                ],
             )["ImageId"]
             log.info("%s: copying %s to %s as %s", identity.image_name, source.ami, region, ami)
-        tag_when_visible(ec2, ami, tags)
+        else:
+            tag_when_visible(ec2, ami, tags)  # a found copy: its tags re-applied
         wait_image_available(ec2, ami, what, settings.aws.wait_seconds)
     except (ClientError, BotoCoreError) as e:
         raise translate(e, what) from e
