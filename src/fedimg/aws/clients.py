@@ -31,6 +31,7 @@ TRANSIENT_CODES = frozenset(
         "Throttling",
         "ThrottlingException",
         "RequestThrottled",
+        "RequestThrottledException",  # EBS direct, per-snapshot request rate
         "ServiceUnavailable",
         "ServiceUnavailableException",
         "InternalError",
