@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages fedimg's demo and tests need (QEMU for x86_64 and aarch64, the
-# sample-image toolchain, RabbitMQ, Chromium and chromedriver for the catalog's browser test), only
-# when something is missing. Needs root (or sudo) on a machine without them. It also makes apt know
-# Debian's arm64 packages (dpkg --add-architecture arm64): the aarch64 sample image is built from
-# them with `apt-get download pkg:arm64`, which needs no root and installs nothing for arm64.
+# sample-image toolchain, RabbitMQ, Chromium and chromedriver for the catalog's browser test,
+# Node.js and npm for the IAM policy evaluator), only when something is missing. Needs root (or
+# sudo) on a machine without them. It also makes apt know Debian's arm64 packages (dpkg
+# --add-architecture arm64): the aarch64 sample image is built from them with `apt-get download
+# pkg:arm64`, which needs no root and installs nothing for arm64.
 set -euo pipefail
 
 packages=(
@@ -12,6 +13,9 @@ packages=(
   e2fsprogs cpio gzip xz-utils zstd rabbitmq-server
   chromium chromium-driver
 )
+
+# Node.js and npm run the tests' IAM policy evaluator (tests/iam); any node already on PATH will do.
+command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do

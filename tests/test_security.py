@@ -133,8 +133,7 @@ MANAGED = "fedimg:managed"
 
 def iam_actions() -> set[str]:
     policy = json.loads((ROOT / "iam-policy.json").read_text())
-    listed = [s["Action"] for s in policy["Statement"]]
-    return {a for actions in listed for a in ([actions] if isinstance(actions, str) else actions)}
+    return {a for s in policy["Statement"] for a in s["Action"]}
 
 
 def without_managed_tag(request: dict[str, Any]) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ needed (``make setup`` does not: only these tests use it).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import shutil
 import subprocess
@@ -18,19 +19,22 @@ from tests.iam.requests import ACCOUNT, PRINCIPAL
 
 HERE = Path(__file__).resolve().parent
 POLICY = HERE.parent.parent / "iam-policy.json"
-INSTALLED = HERE / "node_modules" / "@cloud-copilot" / "iam-simulate" / "package.json"
+LOCK = HERE / "package-lock.json"
+STAMP = HERE / "node_modules" / ".fedimg-installed"  # the package-lock.json it was installed from
 NPM_SECONDS = 300
 EVALUATE_SECONDS = 120
 
 
 def ensure_installed() -> None:
-    """``npm ci`` once (under a lock: several test processes may ask at the same time)."""
+    """``npm ci`` once per package-lock.json (under a lock: several test processes may ask at the
+    same time)."""
     for tool in ("node", "npm"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} not found: run scripts/install-system-deps.sh")
     with (HERE / ".install.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if INSTALLED.exists():
+        wanted = hashlib.sha256(LOCK.read_bytes()).hexdigest()
+        if STAMP.exists() and STAMP.read_text() == wanted:
             return
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
@@ -38,6 +42,7 @@ def ensure_installed() -> None:
             check=True,
             timeout=NPM_SECONDS,
         )
+        STAMP.write_text(wanted)
 
 
 def policy() -> dict[str, Any]:
