@@ -86,7 +86,10 @@ def to(guest: Guest) -> Any:
 
 
 def subject(url: str) -> TestSubject:
-    ami = ec2(url).register_image(Name="under-test", RootDeviceName="/dev/sda1")["ImageId"]
+    image = ec2(url).register_image(
+        Name="under-test", RootDeviceName="/dev/sda1", Architecture="x86_64"
+    )
+    ami = image["ImageId"]
     return TestSubject(IDENTITY, ami, "us-east-1")
 
 

@@ -23,8 +23,9 @@ def ec2(aws: str) -> Any:
     return boto3.client("ec2", region_name="us-east-1", endpoint_url=aws, config=config)
 
 
-def ami(ec2: Any, name: str = "fedimg-test-ami") -> str:
-    return str(ec2.register_image(Name=name, VirtualizationType="hvm")["ImageId"])
+def ami(ec2: Any, name: str = "fedimg-test-ami", arch: str = "x86_64") -> str:
+    image = ec2.register_image(Name=name, VirtualizationType="hvm", Architecture=arch)
+    return str(image["ImageId"])
 
 
 def snapshot(ec2: Any, encrypted: bool = False) -> str:
@@ -131,6 +132,26 @@ def test_run_instances_client_token_is_idempotent(ec2: Any) -> None:
     )
     reservations = ec2.describe_instances()["Reservations"]
     assert sum(len(r["Instances"]) for r in reservations) == 1
+
+
+def test_run_instances_needs_an_instance_type_of_the_amis_architecture(ec2: Any) -> None:
+    """API_ProcessorInfo.html, SupportedArchitectures (DescribeInstanceTypes): t3 is x86_64, t4g
+    arm64; RunInstances with an AMI of another architecture is InvalidParameterValue, as AWS
+    answers it."""
+    x86, arm = ami(ec2, "x86", "x86_64"), ami(ec2, "arm", "arm64")
+    launch = {"MinCount": 1, "MaxCount": 1}
+    for image, wrong_type in ((arm, "t3.small"), (x86, "t4g.small")):
+        refused(
+            "InvalidParameterValue",
+            ec2.run_instances,
+            ImageId=image,
+            InstanceType=wrong_type,
+            **launch,
+        )
+    ec2.run_instances(ImageId=arm, InstanceType="t4g.small", **launch)
+    ec2.run_instances(ImageId=x86, InstanceType="t3.small", **launch)
+    reservations = ec2.describe_instances()["Reservations"]
+    assert sorted(i["ImageId"] for r in reservations for i in r["Instances"]) == sorted([x86, arm])
 
 
 @pytest.mark.parametrize(
