@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from fedimg.boot.sample import corrupt_variants, sample_image_xz
+from fedimg.cli import STANDINS_EXTRA, main
 from fedimg.samplecompose import serve_directory
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "composes"
@@ -185,3 +188,15 @@ def test_results_reads_back_what_was_reported(tmp_path: Path) -> None:
         "PASSED",
         "ami-0123",
     )
+
+
+def test_demo_without_the_stand_ins_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto is only in an extra: without it the demo fails in one line naming that extra."""
+    monkeypatch.setitem(sys.modules, "moto", None)  # what ``import moto`` meets when not installed
+    r = CliRunner().invoke(main, ["demo"])
+    assert r.exit_code == 1
+    install = f"pip install 'fedimg[{STANDINS_EXTRA}]'"
+    assert r.stderr == f"fedimg: error: the demo needs the local stand-ins: {install}\n"
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extra = pyproject["project"]["optional-dependencies"][STANDINS_EXTRA]
+    assert any(requirement.startswith("moto") for requirement in extra)

@@ -52,6 +52,8 @@ def _fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# The optional dependency group (pyproject.toml) holding moto, which only the demo needs.
+STANDINS_EXTRA = "demo"
 CONFIG_HELP = "fedimg TOML settings (default: $FEDIMG_CONFIG, else built-in defaults)."
 
 
@@ -386,8 +388,16 @@ def list_images(obj: _Context, release: str | None, region: str | None, as_json:
 @_fail_cleanly
 def demo(obj: _Context, broker: str | None) -> None:
     """The whole job with no AWS account: a local AWS stand-in (moto) and a sample compose."""
-    from fedimg.demo import run_demo
+    try:
+        import moto  # noqa: F401 - first, so a missing stand-in is named before anything starts
 
+        from fedimg.demo import run_demo
+    except ImportError as e:
+        if (e.name or "").partition(".")[0] != "moto":
+            raise
+        raise FedimgError(
+            f"the demo needs the local stand-ins: pip install 'fedimg[{STANDINS_EXTRA}]'"
+        ) from None
     run_demo(obj.config_path, broker=broker)
 
 
