@@ -217,3 +217,10 @@ def test_plan_keeps_the_decoded_bytes_in_flight_under_the_budget(
 
 def test_no_layout_means_sequential() -> None:
     assert xzblocks.plan(None, 4) == xzblocks.SEQUENTIAL
+
+
+def test_an_index_claiming_huge_stored_blocks_means_sequential() -> None:
+    # Stored bytes are held in memory too: a block can not be read whole past the budget.
+    blocks = (xzblocks.XzBlock(48 * MiB, MiB), xzblocks.XzBlock(1000, MiB))
+    layout = xzblocks.XzLayout((xzblocks.XzStream(0, blocks, b""),))
+    assert xzblocks.plan(layout, 4) == xzblocks.SEQUENTIAL

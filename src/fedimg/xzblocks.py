@@ -92,7 +92,9 @@ class XzLayout:
 
     @property
     def largest_block(self) -> int:
-        return max((b.uncompressed for s in self.streams for b in s.blocks), default=0)
+        """The most bytes one block holds, stored or decoded (an index may lie about either)."""
+        sizes = (max(b.stored, b.uncompressed) for s in self.streams for b in s.blocks)
+        return max(sizes, default=0)
 
 
 def read_layout(size: int, tail: Callable[[int, int], bytes], location: str) -> XzLayout:
@@ -111,7 +113,7 @@ def read_layout(size: int, tail: Callable[[int, int], bytes], location: str) -> 
                 end -= 4
                 continue
             raise InputError(f"{location}: truncated or corrupt xz file (no stream footer)")
-        if struct.unpack("<I", footer[:4])[0] != zlib.crc32(footer[4:10]):
+        if footer[:4] != _crc32(footer[4:10]):
             raise InputError(f"{location}: corrupt xz stream footer")
         index_size = (struct.unpack("<I", footer[4:8])[0] + 1) * 4
         index = tail(end - FOOTER_SIZE - index_size, index_size)
@@ -128,7 +130,7 @@ def _index_records(index: bytes, location: str) -> tuple[XzBlock, ...]:
     corrupt = InputError(f"{location}: corrupt xz index")
     if len(index) < 8 or index[0] != 0:
         raise corrupt
-    if struct.unpack("<I", index[-4:])[0] != zlib.crc32(index[:-4]):
+    if index[-4:] != _crc32(index[:-4]):
         raise corrupt
     pos = 1
 
@@ -196,9 +198,14 @@ def one_block_tail(flags: bytes, block: XzBlock) -> bytes:
     """The index and footer of a stream holding only ``block``."""
     index = b"\0" + _varint(1) + _varint(block.unpadded) + _varint(block.uncompressed)
     index += bytes(-len(index) % 4)
-    index += struct.pack("<I", zlib.crc32(index))
+    index += _crc32(index)
     footer = struct.pack("<I", len(index) // 4 - 1) + flags
-    return index + struct.pack("<I", zlib.crc32(footer)) + footer + _FOOTER_MAGIC
+    return index + _crc32(footer) + footer + _FOOTER_MAGIC
+
+
+def _crc32(data: bytes) -> bytes:
+    """As xz stores a CRC32: four bytes, little-endian."""
+    return struct.pack("<I", zlib.crc32(data))
 
 
 def decode_block(header: bytes, stored: bytes, block: XzBlock, piece: int) -> list[bytes]:
@@ -208,15 +215,18 @@ def decode_block(header: bytes, stored: bytes, block: XzBlock, piece: int) -> li
     empty blocks of a disk image cost no memory while they wait.
     """
     decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ)
-    data = header + stored + one_block_tail(header[6:8], block)
+    # Given in three parts, not joined: the block is not copied once more.
+    inputs = iter((header, stored, one_block_tail(header[6:8], block)))
     zeros = zero_piece(piece)
     pieces: list[bytes] = []
     total = 0
     while not decoder.eof:
-        out = decoder.decompress(data, max_length=piece)
         data = b""
-        if not out and decoder.needs_input:
-            raise EOFError("compressed data ended before the end-of-stream marker")
+        if decoder.needs_input:
+            data = next(inputs, b"")
+            if not data:
+                raise EOFError("compressed data ended before the end-of-stream marker")
+        out = decoder.decompress(data, max_length=piece)
         total += len(out)
         if total > block.uncompressed:  # liblzma would say so only at the end of the block
             raise lzma.LZMAError("a block decodes to more than its index records")
@@ -310,9 +320,7 @@ class ParallelXzReader:
             if any(self._read_exactly(stream.offset - position)):
                 raise lzma.LZMAError("stream padding is not zeros")
             header = self._read_exactly(HEADER_SIZE)
-            if header[:6] != _HEADER_MAGIC or header[8:] != struct.pack(
-                "<I", zlib.crc32(header[6:8])
-            ):
+            if header[:6] != _HEADER_MAGIC or header[8:] != _crc32(header[6:8]):
                 raise lzma.LZMAError("corrupt stream header")
             if header[6:8] != stream.flags:
                 raise lzma.LZMAError("stream header and footer disagree")
