@@ -82,6 +82,8 @@ VISIBLE_DEADLINE_S = 60.0
 TIMEOUT_MINUTES = (10, 4320)
 MAX_DEAD_IN_CHAIN = 16  # more dead snapshots of one image than this is a fault, not bad luck
 PROGRESS_EVERY = 64  # blocks between progress events
+# How often an idle block worker looks whether the upload has finished.
+WORKER_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -507,10 +509,13 @@ class _BlockWriter:
         self.ebs = ebs
         self.snapshot_id = snapshot_id
         self.workers = workers
-        self.queue: queue.Queue[Block | None] = queue.Queue(maxsize=workers)
+        self.queue: queue.Queue[Block] = queue.Queue(maxsize=workers)
         self.digests: dict[int, bytes] = {}
         self.error: BaseException | None = None
         self.failed = threading.Event()
+        # Set once no more blocks will come: workers finish what is queued, then stop. (A count of
+        # sentinels per live thread once left a worker waiting for ever.)
+        self.finished = threading.Event()
 
     def write_all(
         self, source: ImageSource, identity: ImageIdentity, region: str, sink: Sink
@@ -537,9 +542,7 @@ class _BlockWriter:
                 if sent % PROGRESS_EVERY == 0:
                     sink(self._progress(identity, region, source, sent, last_index))
         finally:
-            for t in threads:
-                if t.is_alive():
-                    self.queue.put(None)
+            self.finished.set()
             for t in threads:
                 if t.is_alive():
                     t.join()
@@ -595,9 +598,12 @@ class _BlockWriter:
 
     def _work(self) -> None:
         while True:
-            block = self.queue.get()
-            if block is None:
-                return
+            try:
+                block = self.queue.get(timeout=WORKER_POLL_S)
+            except queue.Empty:
+                if self.finished.is_set():
+                    return
+                continue
             if self.failed.is_set():
                 continue  # drain without sending
             try:
