@@ -168,7 +168,7 @@ def test_blocks_in_flight_never_exceed_the_plan(multi: Path) -> None:
     data = multi.read_bytes()
     layout = layout_of(data)
     (stream,) = layout.streams
-    plan = xzblocks.Plan(threads=2, in_flight=3)
+    plan = xzblocks.Plan(threads=2, in_flight=2)
     raw = io.BytesIO(data)  # tell(): how far the reader has read
     reader = xzblocks.ParallelXzReader(raw, layout, plan, BLOCK_SIZE)
     starts, ends, offset, out = [], [], 12, 0
@@ -198,10 +198,10 @@ def synthetic_layout(block_bytes: int, count: int) -> xzblocks.XzLayout:
 @pytest.mark.parametrize(
     ("block_mib", "count", "threads", "expected"),
     [
-        (24, 200, 4, xzblocks.Plan(2, 3)),  # Fedora's blocks: the 80 MiB budget holds 3
-        (12, 200, 4, xzblocks.Plan(4, 5)),
-        (12, 200, 2, xzblocks.Plan(2, 3)),
-        (12, 3, 8, xzblocks.Plan(3, 4)),  # no more threads than blocks
+        (24, 200, 4, xzblocks.Plan(2, 2)),  # Fedora's blocks: the 64 MiB budget holds 2
+        (12, 200, 4, xzblocks.Plan(4, 4)),
+        (12, 200, 2, xzblocks.Plan(2, 2)),
+        (12, 3, 8, xzblocks.Plan(3, 3)),  # no more threads than blocks
         (48, 200, 4, xzblocks.SEQUENTIAL),  # two such blocks do not fit the budget
         (12, 1, 4, xzblocks.SEQUENTIAL),
         (12, 200, 1, xzblocks.SEQUENTIAL),
@@ -221,6 +221,6 @@ def test_no_layout_means_sequential() -> None:
 
 def test_an_index_claiming_huge_stored_blocks_means_sequential() -> None:
     # Stored bytes are held in memory too: a block can not be read whole past the budget.
-    blocks = (xzblocks.XzBlock(48 * MiB, MiB), xzblocks.XzBlock(1000, MiB))
+    blocks = (xzblocks.XzBlock(40 * MiB, MiB), xzblocks.XzBlock(1000, MiB))
     layout = xzblocks.XzLayout((xzblocks.XzStream(0, blocks, b""),))
     assert xzblocks.plan(layout, 4) == xzblocks.SEQUENTIAL

@@ -16,9 +16,13 @@ index record. (A raw LZMA2 decoder fed the filters parsed from the block header 
 header parsing and the checks to us, and Python has no CRC64.) The file's real indexes and
 footers are checked when the layout is read (CRC32s) and compared byte for byte when streamed.
 
-Memory: at most ``Plan.in_flight`` blocks (``threads`` + 1) are read and not yet fully handed
-out, and their decoded size together stays under ``DECODED_BUDGET`` (80 MiB); a file with larger
-blocks, a single block, or no readable layout, is decoded by ``SequentialXzReader`` instead.
+Memory: at most ``Plan.in_flight`` blocks (one per thread) are read and not yet fully handed
+out, the oldest one being handed out while the others decode: that keeps every thread busy when
+decoding is the bottleneck, and when the consumer is, waiting blocks are what costs memory.
+Their sizes together stay under ``DECODED_BUDGET`` (64 MiB): for Fedora's 24 MiB blocks, 2
+threads and at most 48 MiB of decoded bytes, plus each thread's liblzma state (about the
+dictionary size: 8 MiB at preset 6) and the blocks' compressed bytes. A file with larger blocks,
+a single block, or no readable layout is decoded by ``SequentialXzReader`` instead.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -37,7 +41,8 @@ from fedimg.errors import InputError
 
 MiB = 1024**2
 MAX_THREADS = 4
-DECODED_BUDGET = 80 * MiB  # decoded bytes of all blocks in flight, at most
+DECODED_BUDGET = 64 * MiB  # bytes of all blocks in flight, at most
+INPUT_SLICE = MiB  # liblzma is given a block this much at a time: it copies what it cannot use
 HEADER_SIZE = FOOTER_SIZE = 12
 _HEADER_MAGIC = b"\xfd7zXZ\x00"
 _FOOTER_MAGIC = b"YZ"
@@ -173,13 +178,13 @@ def usable_cores() -> int:
 
 def plan(layout: XzLayout | None, threads: int | None = None) -> Plan:
     """Threads for this layout: ``threads`` (default: the usable cores, at most 4), fewer if
-    the decoded budget cannot hold one block per thread plus the one being handed out."""
+    the budget cannot hold one block per thread."""
     if layout is None or layout.block_count < 2:
         return SEQUENTIAL
-    by_memory = DECODED_BUDGET // max(layout.largest_block, 1) - 1
+    by_memory = DECODED_BUDGET // max(layout.largest_block, 1)
     wanted = threads if threads is not None else min(usable_cores(), MAX_THREADS)
     count = min(wanted, by_memory, layout.block_count)
-    return Plan(count, count + 1) if count >= 2 else SEQUENTIAL
+    return Plan(count, count) if count >= 2 else SEQUENTIAL
 
 
 # --- the block-parallel decoder
@@ -215,13 +220,17 @@ def decode_block(header: bytes, stored: bytes, block: XzBlock, piece: int) -> li
     empty blocks of a disk image cost no memory while they wait.
     """
     decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ)
-    # Given in three parts, not joined: the block is not copied once more.
-    inputs = iter((header, stored, one_block_tail(header[6:8], block)))
+    # Given in parts, never joined: liblzma copies only the rest of a part it cannot use yet.
+    view = memoryview(stored)
+    slices = (view[i : i + INPUT_SLICE] for i in range(0, len(stored), INPUT_SLICE))
+    inputs: Iterator[bytes | memoryview] = iter(
+        (header, *slices, one_block_tail(header[6:8], block))
+    )
     zeros = zero_piece(piece)
     pieces: list[bytes] = []
     total = 0
     while not decoder.eof:
-        data = b""
+        data: bytes | memoryview = b""
         if decoder.needs_input:
             data = next(inputs, b"")
             if not data:
@@ -254,7 +263,7 @@ class ParallelXzReader:
     """
 
     def __init__(self, raw: Reader, layout: XzLayout, plan: Plan, piece: int) -> None:
-        assert plan.threads >= 2 and plan.in_flight > plan.threads
+        assert plan.threads >= 2 and plan.in_flight >= plan.threads
         self.raw = raw
         self.layout = layout
         self.plan = plan
