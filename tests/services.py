@@ -4,11 +4,14 @@ The throwaway node listens on free loopback ports, keeps all its files in a temp
 runs with its own epmd on its own port, so a machine-wide broker (5672) and epmd (4369) are never
 touched. Every process it starts is stopped by PID.
 
-Also: a fedora-messaging config file writer, and ``collect_messages`` to read what was published.
+Also: a fedora-messaging config file writer, ``collect_messages`` to read what was published, a
+TCP proxy that can cut connections, and an HTTP gate that holds chosen AWS requests.
 """
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import os
 import shutil
@@ -19,8 +22,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -174,7 +178,8 @@ def fedora_messaging_config(
 ) -> Path:
     """Writes a fedora-messaging TOML for ``amqp_url`` and returns its path.
 
-    The consumer's queue ``queue`` is bound to ``exchange`` with ``routing_keys``; it is
+    The consumer's queue ``queue`` is bound to ``exchange`` with ``routing_keys`` (none: a work
+    queue, bound to nothing); it is
     auto-deleted when the consumer goes, unless ``queue_arguments`` make it a quorum queue (which
     RabbitMQ requires to be durable and not auto-deleted: delete it with ``delete_queues``).
     Publishers use ``exchange`` and ``topic_prefix``.
@@ -198,6 +203,8 @@ def fedora_messaging_config(
             "auto_delete = true",
             "arguments = {}",
         ]
+    if not routing_keys:  # a work queue: fed through the default exchange, bound to nothing
+        lines.insert(0, "bindings = []")
     lines += [
         "",
         f"[queues.{_toml(queue)}]",
@@ -205,11 +212,16 @@ def fedora_messaging_config(
         f"auto_delete = {_toml(not quorum)}",
         "exclusive = false",
         f"arguments = {_toml(queue_arguments or {})}",
-        "",
-        "[[bindings]]",
-        f"queue = {_toml(queue)}",
-        f"exchange = {_toml(exchange)}",
-        f"routing_keys = {_toml(list(routing_keys))}",
+    ]
+    if routing_keys:
+        lines += [
+            "",
+            "[[bindings]]",
+            f"queue = {_toml(queue)}",
+            f"exchange = {_toml(exchange)}",
+            f"routing_keys = {_toml(list(routing_keys))}",
+        ]
+    lines += [
         "",
         "",
         "[qos]  # as in fedimg-messaging.example.toml",
@@ -509,3 +521,74 @@ def _channel(amqp_url: str) -> Iterator[Any]:
     finally:
         if connection.is_open:
             connection.close()
+
+
+class HttpGate:
+    """An HTTP forwarder on loopback to ``upstream`` that holds the requests ``hold`` picks
+    until ``release``: a test can stop a process at a known request (say, AWS's CopyImage) and
+    kill it there. ``held`` is set once a request is being held."""
+
+    def __init__(self, upstream: str, hold: Callable[[dict[str, str], bytes], bool]) -> None:
+        self.held = threading.Event()
+        self._released = threading.Event()
+        gate = self
+        target = urllib.parse.urlsplit(upstream)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._forward()
+
+            def do_POST(self) -> None:
+                self._forward()
+
+            def do_PUT(self) -> None:
+                self._forward()
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                if hold(headers, body):
+                    gate.held.set()
+                    if not gate._released.wait(STOP_SECONDS * 4):
+                        return
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                try:
+                    upstream.request(self.command, self.path, body, headers)
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                finally:
+                    upstream.close()
+                self.send_response(answer.status)
+                for k, v in answer.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def close(self) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextmanager
+def http_gate(upstream: str, hold: Callable[[dict[str, str], bytes], bool]) -> Iterator[HttpGate]:
+    gate = HttpGate(upstream, hold)
+    try:
+        yield gate
+    finally:
+        gate.close()

@@ -259,3 +259,23 @@ def test_example_messaging_config_loads(monkeypatch: pytest.MonkeyPatch) -> None
     assert conf["qos"]["prefetch_count"] == 1
     assert conf["consumer_config"]["fedimg_config"] == "/etc/fedimg/fedimg.toml"
     assert requeue_pause_from_config(conf["consumer_config"])(1) == 15.0
+
+
+def test_example_worker_config_loads_with_the_arguments_the_consumer_would_declare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whichever of compose consumer and workers declares the work queue first, it is the same
+    queue: fedimg-worker-messaging.example.toml holds work_queue_arguments' values."""
+    from fedora_messaging import config as fm_config
+
+    from fedimg.workqueue import work_queue_arguments
+
+    example = Path(__file__).resolve().parent.parent / "fedimg-worker-messaging.example.toml"
+    monkeypatch.setenv("FEDORA_MESSAGING_CONF", str(example))
+    conf = fm_config.LazyConfig()
+    conf.load_config()
+    assert conf["callback"] == "fedimg.worker:Worker"
+    assert conf["bindings"] == []  # fed through the default exchange only
+    assert conf["qos"]["prefetch_count"] == 1
+    expected = work_queue_arguments(Settings().messaging.max_redeliveries, "fedimg.work")
+    assert conf["queues"]["fedimg.work"]["arguments"] == expected

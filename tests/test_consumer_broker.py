@@ -1,7 +1,9 @@
 """The consumer through a real RabbitMQ broker and real `fedora-messaging consume` processes, with
 the queue arguments of fedimg-messaging.example.toml (a quorum queue with a delivery limit and a
 dead-letter queue): end to end, two consumers, the broker's count across a SIGKILL, a lost
-connection in the middle of a compose."""
+connection in the middle of a compose. And the split deployment (a compose consumer and image
+workers on fedimg-worker-messaging.example.toml's work queue): the same end state as one process,
+a worker killed mid-image, the last worker killed right after its image."""
 
 from __future__ import annotations
 
@@ -21,10 +23,14 @@ import boto3
 import pika
 import pytest
 
+from fedimg.aws.clients import Clients
+from fedimg.completion import recorded_outcomes
+from fedimg.config import Settings
 from fedimg.samplecompose import SAMPLE_COMPOSE_ID, compose_message
-from fedimg.standins.moto import free_port
+from fedimg.standins.moto import free_port, reset
 from tests.helpers import ec2, served_compose
 from tests.services import (
+    HttpGate,
     amqp_port,
     collect_messages,
     consume_process,
@@ -32,6 +38,7 @@ from tests.services import (
     declare_queue,
     delete_queues,
     fedora_messaging_config,
+    http_gate,
     publish,
     queue_counts,
     take_message,
@@ -42,6 +49,7 @@ from tests.services import (
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 EXAMPLE = Path(__file__).resolve().parent.parent / "fedimg-messaging.example.toml"
+WORKER_EXAMPLE = EXAMPLE.with_name("fedimg-worker-messaging.example.toml")
 COMPLETE = "org.fedoraproject.prod.fedimg.compose.complete"
 
 
@@ -56,6 +64,12 @@ def example_queue_arguments() -> dict[str, Any]:
     return arguments
 
 
+def example_work_queue_arguments() -> dict[str, Any]:
+    queues = tomllib.loads(WORKER_EXAMPLE.read_text())["queues"]
+    arguments: dict[str, Any] = queues["fedimg.work"]["arguments"]
+    return arguments
+
+
 class Bus:
     """One test's exchange, quorum queue and dead-letter queue (example arguments), and the
     fedimg settings and fedora-messaging config of its consumer processes."""
@@ -65,37 +79,57 @@ class Bus:
         self.amqp_url, self.tmp = amqp_url, tmp_path
         self.exchange, self.queue, self.dead = f"fedimg-{tag}", f"fedimg-{tag}-in", f"dead-{tag}"
         self.arguments = example_queue_arguments() | {"x-dead-letter-routing-key": self.dead}
+        self.work = f"fedimg-{tag}-work"
+        self.work_arguments = example_work_queue_arguments() | {
+            "x-dead-letter-routing-key": f"{self.work}.dead"
+        }
         self.fedimg_toml = tmp_path / "fedimg.toml"
         # No AWS unless a test brings it: an endpoint that refuses connections.
         self.use_aws(f"http://127.0.0.1:{free_port()}")
         declare_exchange(amqp_url, self.exchange)
         declare_queue(amqp_url, self.dead, {"x-queue-type": "quorum"})
 
-    def use_aws(self, endpoint: str, *trusted: str) -> None:
-        """AWS at ``endpoint``; ``trusted``: the loopback compose locations messages point at."""
-        self.fedimg_toml.write_text(
+    def use_aws(self, endpoint: str, *trusted: str, toml: Path | None = None) -> Path:
+        """AWS at ``endpoint``; ``trusted``: the loopback compose locations messages point at.
+        Written to ``toml`` (default: the settings every process of the test uses)."""
+        toml = toml or self.fedimg_toml
+        toml.write_text(
             f'[aws]\nendpoint_url = "{endpoint}"\nregions = {json.dumps(list(REGIONS))}\n'
             "max_attempts = 2\nwait_seconds = 60\n[test]\nenabled = false\n"
             f"[compose]\ntrusted_locations = {json.dumps(list(trusted))}\n"
             f"[messaging]\nmax_redeliveries = {self.arguments['x-delivery-limit']}\n"
         )
+        return toml
 
-    def conf(self, broker_url: str | None = None, requeue_pause: float = 15.0) -> Path:
+    def conf(
+        self,
+        broker_url: str | None = None,
+        requeue_pause: float = 15.0,
+        *,
+        role: str = "all",
+        fedimg_toml: Path | None = None,
+    ) -> Path:
+        """fedora-messaging config of one process. ``role``: "all" (the consumer runs every
+        image), "compose" (it queues the images for the workers) or "worker"."""
         folder = self.tmp / f"conf-{uuid.uuid4().hex[:6]}"
         folder.mkdir()
+        own: dict[str, Any] = {
+            "fedimg_config": str(fedimg_toml or self.fedimg_toml),
+            "requeue_pause_seconds": requeue_pause,
+        }
+        if role == "compose":
+            own |= {"work_queue": self.work, "work_amqp_url": self.amqp_url}
+        worker = role == "worker"
         return fedora_messaging_config(
             broker_url or self.amqp_url,
             folder,
-            self.queue,
-            [TOPIC],
-            callback="fedimg.consumer:Consumer",
-            consumer_config={
-                "fedimg_config": str(self.fedimg_toml),
-                "requeue_pause_seconds": requeue_pause,
-            },
+            self.work if worker else self.queue,
+            [] if worker else [TOPIC],
+            callback="fedimg.worker:Worker" if worker else "fedimg.consumer:Consumer",
+            consumer_config=own,
             exchange=self.exchange,
             topic_prefix="org.fedoraproject.prod",
-            queue_arguments=self.arguments,
+            queue_arguments=self.work_arguments if worker else self.arguments,
         )
 
     @contextmanager
@@ -116,7 +150,7 @@ class Bus:
         publish(self.amqp_url, self.exchange, TOPIC, body)
 
     def close(self) -> None:
-        delete_queues(self.amqp_url, self.queue, self.dead)
+        delete_queues(self.amqp_url, self.queue, self.dead, self.work, f"{self.work}.dead")
 
 
 @pytest.fixture
@@ -272,3 +306,125 @@ def _wait_for_message(amqp_url: str, queue: str) -> tuple[dict[str, Any], dict[s
             return got
         time.sleep(0.1)
     raise AssertionError(f"nothing in {queue} after 10 s")
+
+
+def aws_end_state(aws: str) -> dict[str, list[tuple[str, str, bool]]]:
+    """Region → (AMI name, state, public) of every AMI, as AWS holds it."""
+    state = {}
+    for region in REGIONS:
+        images = ec2(aws, region).describe_images(Owners=["self"])["Images"]
+        state[region] = sorted((i["Name"], i["State"], bool(i.get("Public"))) for i in images)
+    return state
+
+
+def summary_as_named(aws: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summary's images with each AMI id replaced by the name AWS holds for it (ids differ
+    from run to run, names do not)."""
+    named = []
+    for image in body["images"]:
+        regions = {
+            region: ec2(aws, region).describe_images(ImageIds=[ami])["Images"][0]["Name"]
+            for region, ami in image["regions"].items()
+        }
+        named.append(image | {"regions": regions})
+    return named
+
+
+def test_both_deployment_shapes_publish_the_same_end_state(
+    aws_bus: Bus, compose: str, aws: str
+) -> None:
+    """One process doing everything, then (on an emptied AWS) a compose consumer and 2 workers:
+    the same AMIs, public, in every region, and the same compose summary."""
+    bus, ends = aws_bus, []
+    shapes = {"one process": ["all"], "consumer + 2 workers": ["compose", "worker", "worker"]}
+    for shape, roles in shapes.items():
+        reset(aws)
+        with (
+            collect_messages(bus.amqp_url, [COMPLETE], exchange=bus.exchange) as inbox,
+            ExitStack() as processes,
+        ):
+            for n, role in enumerate(roles):
+                processes.enter_context(bus.consumer(bus.conf(role=role), f"{shape}-{n}"))
+            bus.publish(compose_message(SAMPLE_COMPOSE_ID, compose))
+            (summary,) = inbox.wait(1, timeout=90)
+            inbox.wait_quiet(1.0)
+        assert len(inbox.received) == 1, shape
+        ends.append((aws_end_state(aws), summary_as_named(aws, summary.body)))
+    assert ends[0] == ends[1]
+    state, images = ends[0]
+    assert all(len(amis) == 2 and all(public for *_, public in amis) for amis in state.values())
+    assert [i["outcome"] for i in images] == ["published", "published"]
+
+
+def holding(target: str, nth: int = 1) -> Any:
+    """A gate predicate: holds the ``nth`` and later AWS requests for ``target`` (an EC2 query
+    action or an SSM JSON operation)."""
+    seen = [0]
+
+    def hold(headers: dict[str, str], body: bytes) -> bool:
+        amz_target = {k.lower(): v for k, v in headers.items()}.get("x-amz-target", "")
+        if f"Action={target}&".encode() in body + b"&" or amz_target.endswith(f".{target}"):
+            seen[0] += 1
+            return seen[0] >= nth
+        return False
+
+    return hold
+
+
+def worker_behind(bus: Bus, gate: HttpGate, compose: str) -> Path:
+    """A worker config whose AWS is reached through ``gate``."""
+    toml = bus.use_aws(gate.url, compose, toml=bus.tmp / f"gated-{uuid.uuid4().hex[:6]}.toml")
+    return bus.conf(role="worker", requeue_pause=0.2, fedimg_toml=toml)
+
+
+def test_worker_killed_mid_image_another_worker_finishes_it(
+    aws_bus: Bus, compose: str, aws: str
+) -> None:
+    """The first worker takes an image and is SIGKILLed while its CopyImage is held; a second
+    worker, started then, runs the other image, gets the killed one's message redelivered and
+    finishes it: one AMI per image per region, and the compose announced, all published."""
+    bus = aws_bus
+    with (
+        http_gate(aws, holding("CopyImage")) as gate,
+        collect_messages(bus.amqp_url, [COMPLETE], exchange=bus.exchange) as inbox,
+        bus.consumer(bus.conf(role="compose"), "compose"),
+        bus.consumer(worker_behind(bus, gate, compose), "doomed") as doomed,
+    ):
+        bus.publish(compose_message(SAMPLE_COMPOSE_ID, compose))
+        assert gate.held.wait(60)
+        with bus.consumer(bus.conf(role="worker", requeue_pause=0.2), "survivor"):
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(10)
+            (summary,) = inbox.wait(1, timeout=90)
+            log = wait_for_log(bus.tmp / "survivor.log", "Successfully consumed message", 2)
+    assert "redelivery 1 of" in log
+    assert [i["outcome"] for i in summary.body["images"]] == ["published", "published"]
+    assert_one_ami_per_image_per_region(aws)
+
+
+def test_last_worker_killed_right_after_its_image_the_summary_still_comes(
+    aws_bus: Bus, compose: str, aws: str, settings: Settings
+) -> None:
+    """One worker runs both images; killed after recording the last one's outcome, before
+    announcing the compose (its second look at the records is held). The work message comes
+    back to the next worker, which finds the image done and publishes the summary."""
+    bus = aws_bus
+    with (
+        http_gate(aws, holding("GetParametersByPath", nth=2)) as gate,
+        collect_messages(bus.amqp_url, [COMPLETE], exchange=bus.exchange) as inbox,
+        bus.consumer(bus.conf(role="compose"), "compose"),
+        bus.consumer(worker_behind(bus, gate, compose), "last") as last,
+    ):
+        bus.publish(compose_message(SAMPLE_COMPOSE_ID, compose))
+        assert gate.held.wait(60)
+        last.send_signal(signal.SIGKILL)
+        last.wait(10)
+        # Both images ended and recorded in AWS, and nobody said so yet.
+        assert len(recorded_outcomes(Clients(settings.aws), "us-east-1", SAMPLE_COMPOSE_ID)) == 2
+        assert inbox.wait_quiet(0.5) == []
+        with bus.consumer(bus.conf(role="worker", requeue_pause=0.2), "next"):
+            (summary,) = inbox.wait(1, timeout=60)
+            log = wait_for_log(bus.tmp / "next.log", "Successfully consumed message")
+    assert "redelivery 1 of" in log
+    assert [i["outcome"] for i in summary.body["images"]] == ["published", "published"]
+    assert_one_ami_per_image_per_region(aws)

@@ -11,7 +11,7 @@ from fedimg.aws.clients import Clients
 from fedimg.config import Settings
 from fedimg.errors import ConfigError
 from fedimg.events import Sink, fan_out, log_sink
-from fedimg.pipeline import ComposeOutcome, Pipeline, Tester
+from fedimg.pipeline import ComposeOutcome, Pipeline, Tester, no_test
 
 
 def build_pipeline(settings: Settings, extra_sinks: tuple[Sink, ...] = ()) -> Pipeline:
@@ -34,10 +34,13 @@ def build_pipeline(settings: Settings, extra_sinks: tuple[Sink, ...] = ()) -> Pi
 
 
 def boot_tester(settings: Settings, clients: Clients) -> Tester:
-    """The EC2 boot test; it needs the CIDR fedimg's SSH connections come from."""
+    """The EC2 boot test (none when ``test.enabled`` is false); it needs the CIDR fedimg's SSH
+    connections come from."""
     from fedimg.aws.boottest import Ec2BootTester
 
-    if settings.test.enabled and not settings.test.ssh_cidr:
+    if not settings.test.enabled:
+        return no_test
+    if not settings.test.ssh_cidr:
         raise ConfigError(
             "test.ssh_cidr: required when the EC2 boot test runs (test.enabled = true): "
             "the CIDR block fedimg's SSH connections to the test instance come from"
