@@ -1,10 +1,11 @@
 """An image file or URL becomes a verified, decompressed stream of 512 KiB blocks, in one pass.
 
 read → SHA-256 of the bytes as published (verified at the end of the stream) → decompress → blocks.
-Nothing is written to disk. The raw size must be known before the first block (it sizes the
-snapshot): it comes from the file size (``.raw``), the xz index (``.raw.xz``), or a counting
-pass over the stream (gzip, zstd). Every way an input can be bad ends in an ``InputError``
-naming the problem; network trouble ends in a ``TransientError``.
+An xz file of several blocks (as multi-threaded xz writes them) is decompressed block-parallel,
+in order (xzblocks.py). Nothing is written to disk. The raw size must be known before the first
+block (it sizes the snapshot): it comes from the file size (``.raw``), the xz index (``.raw.xz``),
+or a counting pass over the stream (gzip, zstd). Every way an input can be bad ends in an
+``InputError`` naming the problem; network trouble ends in a ``TransientError``.
 
 A URL is fetched with TLS verification always on, and follows a redirect only inside the trusted
 locations given or under the URL itself (trust.py); a redirect elsewhere is an ``InputError``,
