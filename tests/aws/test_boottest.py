@@ -18,14 +18,7 @@ import paramiko
 import pytest
 from rich.console import Console
 
-from fedimg.aws.boottest import (
-    TAG_TEST_UNTIL,
-    Ec2BootTester,
-    SshTarget,
-    booted_firmware,
-    clean_up_earlier_tests,
-    run_lifetime_s,
-)
+from fedimg.aws.boottest import Ec2BootTester, SshTarget, booted_firmware
 from fedimg.aws.clients import Clients
 from fedimg.boot.qemu import Guest, running_guest
 from fedimg.boot.sample import sample_image, sample_image_xz
@@ -148,9 +141,8 @@ def test_passing_image_passes_and_leaves_nothing(
     assert launch["InstanceType"] == "t3.small"
     tags = {t["Key"]: t["Value"] for t in launch["TagSpecifications"][0]["Tags"]}
     assert tags["fedimg:role"] == "test" and tags["fedimg:managed"] == "true"
-    # the run's end, for another run's clean-up: its start plus every configured wait
-    lifetime = run_lifetime_s(boot_settings(settings).test)
-    assert 0 < int(tags[TAG_TEST_UNTIL]) - time.time() <= lifetime
+    # leased from the start, so that another run's clean-up leaves this live test alone
+    assert float(tags["fedimg:lease-until"]) > time.time()
     (ingress,) = rec.of("AuthorizeSecurityGroupIngress")
     (perm,) = ingress["IpPermissions"]
     assert (perm["FromPort"], perm["ToPort"]) == (22, 22)
@@ -288,51 +280,6 @@ def test_the_boot_tester_refuses_an_empty_ssh_cidr(settings: Settings) -> None:
     s = boot_settings(settings, ssh_cidr="")
     with pytest.raises(ConfigError, match=r"^test\.ssh_cidr: "):
         Ec2BootTester(s, Clients(s.aws))
-
-
-def test_clean_up_spares_a_live_runs_test_and_removes_a_dead_runs(aws: str) -> None:
-    """Two runs left resources of one AMI: the live one's survive, the expired one's go."""
-    client = ec2(aws)
-    ami = subject(aws).ami
-    now = time.time()
-
-    def leave_a_test(run_id: str, until: float) -> None:
-        tags = [
-            {"Key": "fedimg:role", "Value": "test"},
-            {"Key": "fedimg:ami", "Value": ami},
-            {"Key": TAG_TEST_UNTIL, "Value": str(int(until))},
-        ]
-        spec = lambda kind: [{"ResourceType": kind, "Tags": tags}]  # noqa: E731
-        client.create_key_pair(KeyName=run_id, TagSpecifications=spec("key-pair"))
-        group = client.create_security_group(
-            GroupName=run_id, Description="t", TagSpecifications=spec("security-group")
-        )["GroupId"]
-        client.run_instances(
-            ImageId=ami,
-            InstanceType="t3.small",
-            KeyName=run_id,
-            SecurityGroupIds=[group],
-            MinCount=1,
-            MaxCount=1,
-            TagSpecifications=spec("instance"),
-        )
-
-    leave_a_test("live", now + 600)
-    leave_a_test("dead", now - 1)
-    clean_up_earlier_tests(client, ami, deadline_s=30, now=now)
-
-    left = leftovers(aws)
-    assert left["keys"] == ["live"]
-    assert [
-        g["GroupName"]
-        for g in client.describe_security_groups(GroupIds=left["groups"])["SecurityGroups"]
-    ] == ["live"]
-    (instance,) = [
-        i
-        for r in client.describe_instances(InstanceIds=left["instances"])["Reservations"]
-        for i in r["Instances"]
-    ]
-    assert instance["KeyName"] == "live"
 
 
 @pytest.mark.parametrize(

@@ -6,13 +6,9 @@ status checks; checks over SSH; console output kept on failure. The instance, ke
 security group are removed in ``finally`` — on errors and Ctrl-C too — and all carry
 ``fedimg:role=test`` so ``fedimg gc`` finds anything a crash left.
 
-**Runs of one AMI at the same time** (two consumers, an operator's re-run) each make their own
-resources (named by a random run id) and must never remove another live run's. Every test
-resource carries ``fedimg:test-until`` (unix seconds): its run's start plus the longest the run can
-live (``run_lifetime_s``: every wait's configured deadline and a margin for AWS requests and
-clock skew), written in the same request that creates it. Before a test, the resources of earlier
-tests of the AMI whose ``test-until`` has passed are removed: their run is dead. A live run's are
-left alone, with no lease to renew: each run bounds its own life by its configured deadlines.
+Runs testing one AMI at the same time each make their own resources, under a lease they renew
+while they live; before its test a run removes only the earlier runs' resources whose lease was
+not renewed: their run is dead (testlease.py).
 
 Outcomes: PASSED; FAILED when the image is at fault (instance impaired, no SSH, a check failed);
 NEEDS_INSPECTION when the infrastructure failed (AWS errors, deadlines before the instance ran).
@@ -22,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,10 +27,11 @@ import paramiko
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fedimg.aws.clients import Clients, translate
+from fedimg.aws.testlease import RunLease, clean_up_earlier_tests, lease_tag
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings, TestSettings
 from fedimg.errors import AwsError, ConfigError, FedimgError, TransientError
-from fedimg.identity import TAG_ROLE, TAG_TEST_RUN, TAG_TESTED_AMI, tag_list, tags_of
+from fedimg.identity import TAG_ROLE, TAG_TEST_RUN, TAG_TESTED_AMI, tag_list
 from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, TestSubject, TestVerdict
 
 if TYPE_CHECKING:
@@ -48,16 +44,6 @@ CONSOLE_TAIL = 4000  # characters of console output kept with a failure
 # A configured ``test.instance_types`` table replaces the default one: an arch it leaves out
 # still gets an instance type of its own architecture (an arm64 AMI cannot launch on t3).
 DEFAULT_INSTANCE_TYPES = TestSettings().instance_types
-TAG_TEST_UNTIL = "fedimg:test-until"
-# What a test run spends besides its configured waits: AWS requests with their retries, finding
-# the SSH target, and the clock difference between two hosts running fedimg.
-LIFETIME_MARGIN_S = 600
-
-
-def run_lifetime_s(t: TestSettings) -> int:
-    """The longest one boot test lives: waits for running, status checks and termination (each
-    up to ``boot_seconds``), for SSH, for each check, and the margin."""
-    return 3 * t.boot_seconds + t.ssh_seconds + len(t.checks) * t.check_seconds + LIFETIME_MARGIN_S
 
 
 @dataclass(frozen=True)
@@ -133,82 +119,26 @@ class Ec2BootTester:
         run = _TestRun(self.settings, ec2, subject, uuid.uuid4().hex[:12])
         pkey, public = throwaway_key()
         firmware = ""
-        try:
-            instance = run.launch(public)
-            firmware = booted_firmware(instance, self.settings, subject.identity.arch)
-            target = self.resolve(instance, pkey)
-            checks = run.check(target)
-        except _ImageFault as e:
-            return TestVerdict(FAILED, reason=f"{e}{run.console()}", firmware=firmware)
-        except (ClientError, BotoCoreError) as e:
-            return TestVerdict(NEEDS_INSPECTION, reason=str(translate(e, "EC2 boot test")))
-        except FedimgError as e:
-            return TestVerdict(NEEDS_INSPECTION, reason=str(e))
-        finally:
-            run.clean_up()
+        with run.lease.renewed():
+            try:
+                instance = run.launch(public)
+                firmware = booted_firmware(instance, self.settings, subject.identity.arch)
+                target = self.resolve(instance, pkey)
+                checks = run.check(target)
+            except _ImageFault as e:
+                return TestVerdict(FAILED, reason=f"{e}{run.console()}", firmware=firmware)
+            except (ClientError, BotoCoreError) as e:
+                return TestVerdict(NEEDS_INSPECTION, reason=str(translate(e, "EC2 boot test")))
+            except FedimgError as e:
+                return TestVerdict(NEEDS_INSPECTION, reason=str(e))
+            finally:
+                run.clean_up()
         failed = [c for c in checks if c["outcome"] != PASSED]
         if failed:
             names = ", ".join(c["name"] for c in failed)
             reason = f"checks failed: {names}{run.console()}"
             return TestVerdict(FAILED, tuple(checks), reason, firmware)
         return TestVerdict(PASSED, tuple(checks), firmware=firmware)
-
-
-def clean_up_earlier_tests(
-    ec2: EC2Client, ami: str, deadline_s: float, now: float | None = None
-) -> None:
-    """Removes what earlier tests of this AMI left when their process was killed.
-
-    Only resources past their ``fedimg:test-until`` (or made before that tag existed) are
-    removed: another run testing the AMI right now keeps its instance, group and key pair.
-    """
-    now = time.time() if now is None else now
-    mine: list[Any] = [
-        {"Name": f"tag:{TAG_ROLE}", "Values": ["test"]},
-        {"Name": f"tag:{TAG_TESTED_AMI}", "Values": [ami]},
-    ]
-    try:
-        reservations = ec2.describe_instances(Filters=mine)["Reservations"]
-        dead = [
-            i["InstanceId"]
-            for r in reservations
-            for i in r["Instances"]
-            if i["State"]["Name"] != "terminated" and _expired(i, now)
-        ]
-        if dead:
-            log.info("%s: terminating test instances of a killed run: %s", ami, dead)
-            ec2.terminate_instances(InstanceIds=dead)
-            for instance_id in dead:
-                wait_until(
-                    f"termination of {instance_id}",
-                    lambda i=instance_id: _instance_state(ec2, i),  # type: ignore[misc]
-                    done="terminated",
-                    failed=(),
-                    deadline_s=deadline_s,
-                    good_reads=1,
-                )
-        for g in ec2.describe_security_groups(Filters=mine)["SecurityGroups"]:
-            if _expired(g, now):
-                ec2.delete_security_group(GroupId=g["GroupId"])
-        for k in ec2.describe_key_pairs(Filters=mine)["KeyPairs"]:
-            if _expired(k, now):
-                ec2.delete_key_pair(KeyName=k["KeyName"])
-    except (ClientError, BotoCoreError) as e:
-        log.warning("%s: could not remove an earlier test's resources (fedimg gc will): %s", ami, e)
-
-
-def _expired(resource: Any, now: float) -> bool:
-    """Whether the run that made ``resource`` is past its life; one without a readable
-    ``fedimg:test-until`` was made by a fedimg from before concurrent runs, and is dead."""
-    try:
-        return float(tags_of(resource)[TAG_TEST_UNTIL]) < now
-    except (KeyError, ValueError):
-        return True
-
-
-def _instance_state(ec2: EC2Client, instance_id: str) -> str:
-    r = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-    return str(r[0]["Instances"][0]["State"]["Name"]) if r and r[0]["Instances"] else "terminated"
 
 
 class _TestRun:
@@ -218,16 +148,18 @@ class _TestRun:
         self.settings, self.ec2, self.subject, self.run_id = settings, ec2, subject, run_id
         self.name = f"fedimg-test-{run_id}"
         self.key_name = ""
+        self.key_pair_id = ""
         self.group_id = ""
         self.instance_id = ""
+        self.lease = RunLease(ec2)
         self.tags = tag_list(
             subject.identity.tags(settings.image.tags)
             | {
                 TAG_ROLE: "test",
                 TAG_TEST_RUN: run_id,
                 TAG_TESTED_AMI: subject.ami,
-                TAG_TEST_UNTIL: str(int(time.time()) + run_lifetime_s(settings.test)),
             }
+            | lease_tag()
         )
 
     def _spec(self, kind: str) -> list[Any]:
@@ -235,17 +167,19 @@ class _TestRun:
 
     def launch(self, public_key: str) -> dict[str, Any]:
         t = self.settings.test
-        self.ec2.import_key_pair(
+        self.key_pair_id = self.ec2.import_key_pair(
             KeyName=self.name,
             PublicKeyMaterial=public_key.encode(),
             TagSpecifications=self._spec("key-pair"),
-        )
+        )["KeyPairId"]
         self.key_name = self.name
+        self.lease.add(self.key_pair_id)
         self.group_id = self.ec2.create_security_group(
             GroupName=self.name,
             Description="fedimg boot test: SSH only",
             TagSpecifications=self._spec("security-group"),
         )["GroupId"]
+        self.lease.add(self.group_id)
         self.ec2.authorize_security_group_ingress(
             GroupId=self.group_id,
             IpPermissions=[ssh_permission(t.ssh_cidr)],
@@ -261,6 +195,7 @@ class _TestRun:
             MetadataOptions=metadata_options(self.settings),  # type: ignore[arg-type]
             TagSpecifications=self._spec("instance") + self._spec("volume"),
         )["Instances"][0]["InstanceId"]
+        self.lease.add(self.instance_id)
         log.info("%s: test instance %s", self.subject.ami, self.instance_id)
         wait_until(
             f"test instance {self.instance_id}",
@@ -330,18 +265,22 @@ class _TestRun:
         )
 
     def clean_up(self) -> None:
-        """Instance, then security group (it is in use until the instance is gone), then key."""
+        """Instance, then security group (it is in use until the instance is gone), then key;
+        each leaves the lease once gone, the others stay leased until then."""
         if self.instance_id:
             self._quietly("terminate", lambda: self._terminate())
+            self.lease.drop(self.instance_id)
         if self.group_id:
             self._quietly(
                 "delete security group",
                 lambda: self.ec2.delete_security_group(GroupId=self.group_id),
             )
+            self.lease.drop(self.group_id)
         if self.key_name:
             self._quietly(
                 "delete key pair", lambda: self.ec2.delete_key_pair(KeyName=self.key_name)
             )
+            self.lease.drop(self.key_pair_id)
 
     def _terminate(self) -> None:
         self.ec2.terminate_instances(InstanceIds=[self.instance_id])
