@@ -42,6 +42,7 @@ from urllib3.util.retry import Retry
 from fedimg.config import ResultsDBSettings
 from fedimg.errors import InputError, TransientError
 from fedimg.events import Event, Sink
+from fedimg.outcomes import FAILED, NEEDS_INSPECTION, PASSED, TEST_OUTCOMES
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 TESTCASE_AMI_BOOT = "fedimg.ami.boot"
 # The local boot test: the image boots under QEMU on the fedimg host (Autocloud style).
 TESTCASE_LOCAL_BOOT = "fedimg.image.localboot"
-OUTCOMES = ("PASSED", "FAILED", "NEEDS_INSPECTION")
+OUTCOMES = TEST_OUTCOMES  # kept under this name: importers of fedimg.report use it
 SOURCE = "fedimg"
 # Data key that makes retries idempotent (see the module docstring).
 REPORT_ID_KEY = "fedimg.report_id"
@@ -450,7 +451,7 @@ def fetch_results(
     return rows
 
 
-OUTCOME_STYLES = {"PASSED": "green", "FAILED": "bold red", "NEEDS_INSPECTION": "yellow"}
+OUTCOME_STYLES = {PASSED: "green", FAILED: "bold red", NEEDS_INSPECTION: "yellow"}
 
 
 def results_table(rows: list[ResultRow], title: str = "") -> Table:

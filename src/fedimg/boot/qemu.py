@@ -41,8 +41,6 @@ from typing import IO, Any
 import paramiko
 
 from fedimg.boot.ssh import (
-    FAILED,
-    PASSED,
     CheckResult,
     SshUnreachable,
     run_checks,
@@ -51,10 +49,10 @@ from fedimg.boot.ssh import (
 )
 from fedimg.config import Check, TestSettings
 from fedimg.errors import BootTestFailed, ConfigError, InputError, TransientError
+from fedimg.outcomes import FAILED, NEEDS_INSPECTION, PASSED
 
 log = logging.getLogger(__name__)
 
-NEEDS_INSPECTION = "NEEDS_INSPECTION"
 FIRMWARES = ("bios", "uefi")
 ARCHES = ("x86_64", "aarch64")
 QEMU = "qemu-system-x86_64"

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fedimg.config import Check
 from fedimg.errors import TransientError
+from fedimg.outcomes import FAILED as FAILED  # re-exported: a check's outcome
+from fedimg.outcomes import PASSED as PASSED
 
-PASSED = "PASSED"
-FAILED = "FAILED"
 # Pause between connection attempts: sshd comes up within seconds of a boot, so a short pause finds
 # it promptly without flooding the guest (or QEMU's port forwarder) with connections.
 RETRY_PAUSE_S = 0.5
