@@ -11,7 +11,9 @@ in one run:
   fedimg_s        `fedimg upload --json` of the one-block .raw.xz (a separate process; peak RSS)
   naive_s         one thread, every block sent, zeros included
   multi_block     the same for the multi-block file, against `xz -dc -T0` (xz's own parallel
-                  decoder) as the decompression floor; fedimg decodes its blocks in parallel
+                  decoder) as the decompression floor; fedimg decodes its blocks in parallel.
+                  decode_sequential_s / decode_parallel_s: fedimg's reading, checking and
+                  decoding of that file alone (no upload), with one thread and with its plan
 
 The last line printed is one JSON object.
 """
@@ -233,6 +235,15 @@ def main() -> None:
     print(json.dumps(result))
 
 
+def decode_only(xz: Path, threads: int | None) -> float:
+    """Seconds for every block of ``xz``, checksum verified, nothing uploaded."""
+    t = time.monotonic()
+    with ImageSource(str(xz), sha256=sha256_of(xz), decompress_threads=threads) as src:
+        for _ in src.blocks():
+            pass
+    return time.monotonic() - t
+
+
 def sha256_of(xz: Path) -> str:
     return str(json.loads(xz.with_suffix("").with_suffix(".json").read_text())["sha256"])
 
@@ -251,6 +262,8 @@ def multi_block_case(url: str, xz: Path, t_ingest: float, workers: int) -> dict[
         "floor_xz_threaded_s": round(t_xz_all, 2),
         "fedimg_s": round(t_fedimg, 2),
         "ratio_to_floor": round(t_fedimg / max(t_xz_all, t_ingest), 3),
+        "decode_sequential_s": round(decode_only(xz, 1), 2),
+        "decode_parallel_s": round(decode_only(xz, None), 2),
         "bytes_sent": int(out["blocks_sent"]) * BLOCK_SIZE,  # type: ignore[call-overload]
         "peak_rss_mib": round(rss, 1),
         "fedimg_cpu_s": round(cpu, 2),
