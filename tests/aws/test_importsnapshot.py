@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from fedimg.aws.clients import Clients
 from fedimg.aws.importsnapshot import import_snapshot_if_not_exists
@@ -229,3 +230,20 @@ def test_object_key_names_the_content() -> None:
     b = ImageIdentity("disk.x86_64", "x86_64", "b" * 64)
     assert object_key("p/", a) != object_key("p/", b)
     assert object_key("p/", a).startswith("p/disk.x86_64-")
+
+
+def test_a_denied_s3_action_fails_the_upload_with_s3s_access_denied(
+    world: Settings, image: tuple[Path, bytes], aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stand-in's IAM model covers S3 (FEDIMG_STANDIN_DENY): UploadPart is s3:PutObject,
+    refused with S3's AccessDenied, 403; no import is started."""
+    xz, _ = image
+    monkeypatch.setenv(options.DENY, "s3:PutObject")
+    with pytest.raises(AwsError, match="AccessDenied") as caught:
+        run(world, xz)
+    assert not caught.value.retryable
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=aws)
+    with pytest.raises(ClientError) as refused:
+        s3.put_object(Bucket=BUCKET, Key="k", Body=b"x")
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert tasks(aws) == []

@@ -86,6 +86,10 @@ class Clients:
     def ssm(self, region: str) -> SSMClient:
         return self._client("ssm", region)  # type: ignore[no-any-return]
 
+    def s3(self, region: str) -> Any:
+        """S3 (typed loosely: the S3 stubs are not among the installed ones)."""
+        return self._client("s3", region)
+
 
 def error_code(err: BaseException) -> str:
     if isinstance(err, ClientError):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fedimg.aws.clients import Clients, error_code, translate
-from fedimg.aws.s3stage import delete_object_quietly, object_key, s3_client, stage_image
+from fedimg.aws.s3stage import delete_object_quietly, object_key, stage_image
 from fedimg.aws.snapshot import GIB, STATE_UPLOADED, SnapshotResult, earlier_snapshots
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings
@@ -85,7 +85,7 @@ class _Import:
         self.source, self.identity, self.settings, self.sink = source, identity, settings, sink
         self.region = settings.aws.base_region
         self.ec2 = clients.ec2(self.region)
-        self.s3 = s3_client(clients, self.region)
+        self.s3 = clients.s3(self.region)
         self.bucket = settings.upload.bucket
         self.key = object_key(settings.upload.prefix, identity)
         self.started = time.monotonic()

@@ -27,7 +27,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fedimg.aws.clients import Clients, error_code, translate
+from fedimg.aws.clients import error_code, translate
 from fedimg.errors import FedimgError
 from fedimg.identity import ImageIdentity
 from fedimg.source import BLOCK_SIZE, ImageSource
@@ -43,12 +43,6 @@ MAX_PARTS = 10000  # S3's limit per multipart upload
 MAX_PART_WORKERS = 8  # parts in flight: memory is about 2 x this x part_size
 META_KEY = "fedimg-image-key"
 META_RAW_BYTES = "fedimg-raw-bytes"
-
-
-def s3_client(clients: Clients, region: str) -> S3Client:
-    """An S3 client with the one retry layer and timeouts of every other client."""
-    # Clients has no s3() of its own yet; its private factory gives the same configuration.
-    return clients._client("s3", region)
 
 
 def object_key(prefix: str, identity: ImageIdentity) -> str:

@@ -7,6 +7,9 @@ caller, and every request passes one gate before moto's handler:
 - a denied action is refused with the service's own error (EC2 ``UnauthorizedOperation``, 403;
   EBS direct, SSM and Service Quotas ``AccessDeniedException``; IAM ``AccessDenied``), for real
   calls and dry runs alike;
+- an S3 request whose action (moto names each request by its IAM action: HeadObject is
+  ``s3:GetObject``, UploadPart ``s3:PutObject``, ListParts ``s3:ListMultipartUploadParts``) is
+  denied gets S3's ``AccessDenied`` (403, "Access Denied"; S3 API reference, "Error responses");
 - an EC2 request with ``DryRun=true`` is answered ``DryRunOperation`` (412) when allowed, before
   the handler runs: "Checks whether you have the required permissions for the action, without
   actually making the request" (the DryRun parameter of every EC2 action). AWS validates the
@@ -26,6 +29,7 @@ from typing import Any
 
 from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult, BaseResponse
+from moto.s3.exceptions import S3ClientError
 
 from fedimg.standins.aws import options
 from fedimg.standins.aws.errors import refuse
@@ -45,6 +49,7 @@ DENIAL = {
     "sts": ("AccessDenied", 403),
     "ssm": ("AccessDeniedException", 400),
     "servicequotas": ("AccessDeniedException", 400),
+    "s3": ("AccessDenied", 403),
 }
 DRY_RUN_STATUS = 412
 AUTH_FAILURE_STATUS = 401
@@ -55,6 +60,10 @@ CALLER = "arn:aws:iam::123456789012:user/moto"
 class Refusal(ServiceException):
     """An answer of the gate; defined here (not in a moto package) so that moto serializes it
     in the shape of the service the request went to."""
+
+
+class S3AccessDenied(S3ClientError):
+    """S3's refusal (moto's S3 handlers serialize their own S3ClientError subclasses)."""
 
 
 def iam_action(prefix: str, action: str) -> str:
@@ -114,6 +123,35 @@ def gated(call_action: Callable[[BaseResponse], Any]) -> Callable[[BaseResponse]
     return call
 
 
+def gated_s3(authorize: Callable[..., None]) -> Callable[..., None]:
+    """Wraps moto's S3 authorization hook, which every S3 handler calls once it has named the
+    request's action (``self.data["Action"]``)."""
+
+    def check(self: Any, bucket_name: str | None = None, key_name: str | None = None) -> None:
+        action = iam_action("s3", str(self.data.get("Action", "")))
+        if is_denied(action):
+            self.fedimg_refused = True  # answered with S3's status, see s3_status
+            raise S3AccessDenied("AccessDenied", "Access Denied")
+        authorize(self, bucket_name=bucket_name, key_name=key_name)
+
+    return check
+
+
+def s3_status(respond: Callable[..., Any]) -> Callable[..., Any]:
+    """S3's model has no AccessDenied shape (a common error), so moto would answer it with 400;
+    AWS answers 403."""
+
+    def answer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self.fedimg_refused = False
+        status, headers, body = respond(self, *args, **kwargs)
+        if self.fedimg_refused:
+            status = DENIAL["s3"][1]
+            headers["status"] = str(status)
+        return status, headers, body
+
+    return answer
+
+
 def simulate_principal_policy(self: Any) -> ActionResult:
     """SimulatePrincipalPolicy (IAM API_SimulatePrincipalPolicy.html): each of ``ActionNames``
     is ``allowed`` or ``implicitDeny`` by the model. ``PolicySourceArn`` must be the ARN of a
@@ -160,6 +198,12 @@ def install() -> None:
     ):
         setattr(cls, "call_action", gated(cls.call_action))  # noqa: B010 - typed method
     setattr(IamResponse, "simulate_principal_policy", simulate_principal_policy)  # noqa: B010
+    from moto.s3.responses import S3Response
+
+    hook = "_authenticate_and_authorize_s3_action"
+    setattr(S3Response, hook, gated_s3(getattr(S3Response, hook)))
+    for handler in ("bucket_response", "key_response"):
+        setattr(S3Response, handler, s3_status(getattr(S3Response, handler)))
     # AccessDenied is one of AWS's common errors, so IAM's model has no shape of its own for it;
     # moto warns about codes missing from the model unless they are listed as common.
     from moto.core import errors
