@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
 
 from fedimg import config
+from fedimg.announce import messages_for
 from fedimg.aws import limits
 from fedimg.aws.clients import Clients
+from fedimg.aws.image import RegisteredImage
+from fedimg.aws.replicate import remove_copies
 from fedimg.config import Settings
 from fedimg.events import Event
 from fedimg.identity import tags_of
@@ -146,16 +150,96 @@ def test_rerun_of_a_published_compose_creates_nothing(
         assert rec.count(op) == 0, op
 
 
-def test_failed_test_blocks_copy_and_publish(
+@dataclasses.dataclass
+class CopyWatcher:
+    """A tester that first waits (bounded) for the image's copies to appear in every other
+    region, and notes what AWS held then: copies, and whether anything was public."""
+
+    aws: str
+    verdict: Any = passing
+    copies_seen: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    public_seen: list[str] = dataclasses.field(default_factory=list)
+    subjects: dict[str, TestSubject] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, subject: TestSubject) -> TestVerdict:
+        end = time.monotonic() + 10
+        while len(copies := self.copies(subject)) < len(REGIONS) - 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        self.copies_seen[subject.identity.arch] = copies
+        self.subjects[subject.identity.arch] = subject
+        self.public_seen += [
+            i["ImageId"]
+            for r in REGIONS
+            for i in ec2(self.aws, r).describe_images(Owners=["self"])["Images"]
+            if is_public(self.aws, r, i["ImageId"])
+        ]
+        return cast(TestVerdict, self.verdict(subject))
+
+    def copies(self, subject: TestSubject) -> list[str]:
+        mine = [
+            {"Name": "tag:fedimg:image-key", "Values": [subject.identity.key]},
+            {"Name": "tag:fedimg:role", "Values": ["copy"]},
+        ]
+        return [
+            i["ImageId"]
+            for r in REGIONS[1:]
+            for i in ec2(self.aws, r).describe_images(Owners=["self"], Filters=mine)["Images"]
+        ]
+
+
+def test_copies_run_while_the_image_is_tested_and_are_published_after_it_passed(
     settings: Settings, compose_url: str, aws: str
 ) -> None:
-    pipeline, _, rec = make(settings, failing)
+    watcher = CopyWatcher(aws)
+    pipeline, events, _ = make(settings, watcher)
+    outcome = pipeline.run_compose(compose_url)
+    assert outcome.ok, [i.error for i in outcome.images]
+    # AWS held both copies of each image while it was tested, and nothing was public yet
+    assert {arch: len(c) for arch, c in watcher.copies_seen.items()} == {"x86_64": 2, "aarch64": 2}
+    assert watcher.public_seen == []
+    for image in outcome.images:
+        copies = sorted(ami for r, ami in image.regions.items() if r != "us-east-1")
+        assert copies == sorted(watcher.copies_seen[image.arch])
+        order = [(e.stage, e.status) for e in events if e.image == image.image_name]
+        tested = order.index(("test", "completed"))
+        assert order.index(("copy", "started")) < tested < order.index(("publish", "started"))
+    assert all(messages_for(e) is not None for e in events)  # every event makes its bus message
+
+
+def test_failed_test_removes_the_copies_and_publishes_nothing(
+    settings: Settings, compose_url: str, aws: str
+) -> None:
+    watcher = CopyWatcher(aws, failing)
+    pipeline, events, rec = make(settings, watcher)
     outcome = pipeline.run_compose(compose_url)
     assert {i.status for i in outcome.images} == {"test-failed"}
     assert not outcome.retryable
-    assert rec.count("CopyImage") == 0 and rec.count("ModifyImageAttribute") == 0
+    assert [len(c) for c in watcher.copies_seen.values()] == [2, 2]  # made, then removed
+    assert rec.count("ModifyImageAttribute") == 0
+    for region in REGIONS[1:]:
+        assert ec2(aws, region).describe_images(Owners=["self"])["Images"] == []
+        assert ec2(aws, region).describe_snapshots(OwnerIds=["self"])["Snapshots"] == []
     for image in outcome.images:
         assert not is_public(aws, "us-east-1", image.base_ami)
+        subject = watcher.subjects[image.arch]
+        base = RegisteredImage(subject.ami, subject.region, "", True)
+        assert remove_copies(pipeline.clients, subject.identity, base, REGIONS) == []  # idempotent
+    assert ("publish", "started") not in [(e.stage, e.status) for e in events]
+
+
+def test_a_test_that_passes_after_a_failed_one_copies_again(
+    settings: Settings, compose_url: str, aws: str
+) -> None:
+    """The removed copies' ClientTokens are not reused: AWS would answer with removed ids."""
+    failed, _, _ = make(settings, CopyWatcher(aws, failing))
+    assert not failed.run_compose(compose_url).ok
+    pipeline, _, rec = make(settings)
+    outcome = pipeline.run_compose(compose_url)
+    assert outcome.ok, [i.error for i in outcome.images]
+    assert rec.count("CopyImage") == 4
+    for image in outcome.images:
+        for region, ami in image.regions.items():
+            assert is_public(aws, region, ami)
 
 
 def test_failed_test_can_be_configured_not_to_block(

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedimg import composekind
 from fedimg.aws.clients import Clients
 from fedimg.aws.image import RegisteredImage
-from fedimg.aws.publish import publish_image
-from fedimg.aws.replicate import copy_image_if_not_exists
+from fedimg.aws.publish import Published, publish_image
+from fedimg.aws.replicate import CopyRound, remove_copies
 from fedimg.compose import ComposeImage, ComposeInfo, discover
 from fedimg.config import Settings
 from fedimg.errors import FedimgError
@@ -134,37 +134,72 @@ class Pipeline:
         image: ComposeImage | None = None,
         info: ComposeInfo | None = None,
     ) -> ImageOutcome:
-        """One image through every stage; never raises for a stage failure (see the outcome)."""
+        """One image through every stage; never raises for a stage failure (see the outcome).
+
+        The copies to the other regions start as soon as the base AMI is available and run while
+        it is tested; they stay private. Once the test has passed each region is published as
+        soon as its copy is available; a failed test has the copies removed; an untested image
+        (NEEDS_INSPECTION) leaves them private for the next run to reuse.
+        """
         outcome = ImageOutcome(identity.image_name, identity.arch, identity.subvariant)
         emit = _Emitter(self.sink, identity, self.settings.aws.base_region)
         stage = "upload"
+        copies: CopyRound | None = None
+        origin: dict[str, str] = {}  # a copy event names its source (bus messages need it)
         try:
             emit("upload", "started")
             uploaded = upload_image(location, identity, self.settings, self.clients, sink=self.sink)
             outcome.base_ami = uploaded.ami
             emit("upload", "completed", ami=uploaded.ami, snapshot=uploaded.snapshot)
+            base = RegisteredImage(uploaded.ami, uploaded.region, uploaded.name, uploaded.reused)
+            origin = {"source_ami": base.ami, "source_region": base.region}
 
+            stage = "copy"
+            copies = CopyRound(
+                self.settings,
+                self.clients,
+                identity,
+                base,
+                self._regions(base),
+                lambda region, status, detail: emit.at(region)("copy", status, **detail),
+            )
             stage = "test"
             verdict = self._test(identity, uploaded, image, info, emit)
             outcome.test = verdict
             if verdict.outcome == FAILED and self.settings.test.block_publish:
                 outcome.status, outcome.error = TEST_FAILED, verdict.reason
+                copies.stop()
+                stage = "copy"
+                removed = remove_copies(self.clients, identity, base, self._regions(base))
+                log.info("%s: test failed; removed copies %s", identity.image_name, removed)
                 return outcome
             if verdict.outcome == NEEDS_INSPECTION:
                 # Never publish what could not be tested; the infrastructure may do better later.
                 outcome.error, outcome.retryable = verdict.reason, True
                 return outcome
 
-            stage = "copy"
-            self._replicate_and_publish(identity, uploaded, outcome, emit)
+            stage = "publish"
+            self._publish_as_copied(identity, base, copies, outcome, emit)
         except FedimgError as e:
-            outcome.error, outcome.retryable = str(e), e.retryable
-            emit(stage, "failed", error=str(e))
+            # After a failed test, a removal that failed ends the image as failed: a re-run
+            # (retryable) tests again and finishes the removal.
+            outcome.status = IMAGE_FAILED
+            outcome.error, outcome.retryable = _joined(outcome.error, str(e)), e.retryable
+            emit(stage, "failed", error=str(e), **origin)
         except Exception as e:  # a bug must not take the other images down with it
             log.exception("%s: unexpected error in stage %s", identity.image_name, stage)
+            outcome.status = IMAGE_FAILED
             outcome.error, outcome.retryable = f"{type(e).__name__}: {e}", False
-            emit(stage, "failed", error=outcome.error)
+            emit(stage, "failed", error=outcome.error, **origin)
+        finally:
+            if copies is not None:
+                copies.stop()
         return outcome
+
+    def _regions(self, base: RegisteredImage) -> list[str]:
+        """The configured regions; the base region always (its AMI is the image's first)."""
+        regions = list(self.settings.aws.regions)
+        return regions if base.region in regions else [base.region, *regions]
 
     def _test(
         self,
@@ -225,47 +260,50 @@ class Pipeline:
             return
         self.reporter.report(report)
 
-    def _replicate_and_publish(
+    def _publish_as_copied(
         self,
         identity: ImageIdentity,
-        uploaded: UploadOutcome,
+        base: RegisteredImage,
+        copies: CopyRound,
         outcome: ImageOutcome,
         emit: _Emitter,
     ) -> None:
-        base = RegisteredImage(uploaded.ami, uploaded.region, uploaded.name, uploaded.reused)
-        regions = list(self.settings.aws.regions)
-        if base.region not in regions:
-            regions.insert(0, base.region)
+        """The base region at once, every other region as soon as its copy is available."""
+        emit("publish", "started", ami=base.ami)
+        errors: dict[str, FedimgError] = {}
 
-        def one_region(region: str) -> tuple[str, str, FedimgError | None]:
-            try:
-                if region == base.region:
-                    ami = base.ami
+        workers = max(1, min(len(copies.copies) + 1, self.settings.aws.copy_workers))
+        with ThreadPoolExecutor(workers) as pool:
+
+            def publish(region: str, ami: str) -> tuple[str, str, Future[Published]]:
+                future = pool.submit(
+                    publish_image, self.settings, self.clients, identity, region, ami
+                )
+                return region, ami, future
+
+            published = [publish(base.region, base.ami)]
+            for region, copy in copies.as_they_end():
+                if isinstance(copy, FedimgError):
+                    errors[region] = copy
                 else:
-                    copy = copy_image_if_not_exists(
-                        self.settings, self.clients, identity, base, region
-                    )
-                    ami = copy.ami
-                    emit.at(region)(
-                        "copy", "completed", ami=ami, source_ami=base.ami, source_region=base.region
-                    )
-                publish_image(self.settings, self.clients, identity, region, ami)
-                return region, ami, None
-            except FedimgError as e:
-                emit.at(region)("copy", "failed", error=str(e))
-                return region, "", e
-
-        with ThreadPoolExecutor(min(len(regions), self.settings.aws.copy_workers)) as pool:
-            results = list(pool.map(one_region, regions))
-        errors = [(r, e) for r, _, e in results if e is not None]
-        outcome.regions = {r: ami for r, ami, e in results if e is None}
+                    published.append(publish(region, copy.ami))
+            for region, ami, future in published:
+                try:
+                    future.result()
+                    outcome.regions[region] = ami
+                except FedimgError as e:
+                    errors[region] = e
         if errors:
-            outcome.error = "; ".join(f"{r}: {e}" for r, e in errors)
-            outcome.retryable = any(e.retryable for _, e in errors)
+            outcome.error = "; ".join(f"{r}: {e}" for r, e in sorted(errors.items()))
+            outcome.retryable = any(e.retryable for e in errors.values())
             emit("publish", "failed", regions=outcome.regions, error=outcome.error)
             return
         outcome.status = PUBLISHED
         emit("publish", "completed", regions=outcome.regions, public=self.settings.publish.public)
+
+
+def _joined(*errors: str) -> str:
+    return "; ".join(e for e in errors if e)
 
 
 def identity_of(image: ComposeImage, info: ComposeInfo) -> ImageIdentity:
