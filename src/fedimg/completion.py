@@ -9,7 +9,11 @@ alone, so whoever publishes it announces the same content.
 Why SSM parameters and not tags on the images' AMIs: an image can end with no AMI or snapshot at
 all (its file could not be read; a checksum mismatch deletes the snapshot), and one
 GetParametersByPath call reads every image's record. The path is outside the "latest" AMI
-parameters' tree (``/fedimg/``), which retention scans.
+parameters' tree (``/fedimg/``), which retention scans for AMI ids, so that scan never pages
+through outcome records; iam-policy.json grants SSM on ``parameter/fedimg-outcomes/*`` for them.
+
+Records are not kept for ever: ``fedimg prune`` deletes a compose's records when it removes the
+last of the compose's AMIs (``delete_outcome_records``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ ROOT = "/fedimg-outcomes"
 # A standard-tier parameter holds 4 KB; an error message is cut to leave room for the regions.
 MAX_VALUE_BYTES = 4096
 MAX_ERROR_CHARS = 1000
+# DeleteParameters takes at most 10 names (API_DeleteParameters.html).
+DELETE_BATCH = 10
 _NAME_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -60,14 +66,18 @@ def record_outcome(
         raise translate(e, f"outcome record {name}") from e
 
 
-def recorded_outcomes(clients: Clients, region: str, compose_id: str) -> dict[str, ImageOutcome]:
-    """Image key → outcome, for every image of the compose that has a record."""
+def _records(clients: Clients, region: str, compose_id: str) -> list[Any]:
     path = f"{ROOT}/{compose_id}"
     try:
         pages = clients.ssm(region).get_paginator("get_parameters_by_path").paginate(Path=path)
-        parameters = [p for page in pages for p in page["Parameters"]]
+        return [p for page in pages for p in page["Parameters"]]
     except (ClientError, BotoCoreError) as e:
         raise translate(e, f"outcome records under {path}") from e
+
+
+def recorded_outcomes(clients: Clients, region: str, compose_id: str) -> dict[str, ImageOutcome]:
+    """Image key → outcome, for every image of the compose that has a record."""
+    parameters = _records(clients, region, compose_id)
     found = {}
     for p in parameters:
         key = p.get("Name", "").rsplit("/", 1)[-1]
@@ -77,6 +87,24 @@ def recorded_outcomes(clients: Clients, region: str, compose_id: str) -> dict[st
             continue
         found[key] = outcome
     return found
+
+
+def delete_outcome_records(clients: Clients, region: str, compose_id: str) -> int:
+    """Deletes every outcome record of the compose; returns how many there were. Safe to repeat:
+    DeleteParameters reports names already gone as invalid rather than failing."""
+    if not _NAME_PART.match(compose_id):
+        return 0  # no record can be named by it
+    names = [str(p["Name"]) for p in _records(clients, region, compose_id) if p.get("Name")]
+    ssm = clients.ssm(region)
+    for start in range(0, len(names), DELETE_BATCH):
+        batch = names[start : start + DELETE_BATCH]
+        try:
+            ssm.delete_parameters(Names=batch)
+        except (ClientError, BotoCoreError) as e:
+            raise translate(e, f"deleting outcome records of {compose_id}") from e
+    if names:
+        log.info("compose %s: deleted %d outcome records", compose_id, len(names))
+    return len(names)
 
 
 def finished_compose(

@@ -23,10 +23,12 @@ from fedimg.aws.prune import TAG_PRUNED_AMI, prune_after_compose, prune_command,
 from fedimg.aws.prune_policy import Action, AmiRecord, decide
 from fedimg.aws.prune_quota import ensure_public_capacity
 from fedimg.cli import main
+from fedimg.completion import record_outcome
 from fedimg.composekind import Kind, kind_tags
 from fedimg.config import RetentionSettings, Settings
 from fedimg.errors import AwsError
 from fedimg.identity import tag_list
+from fedimg.pipeline import ImageOutcome
 from fedimg.standins.aws import options
 from tests.helpers import ec2
 
@@ -206,6 +208,30 @@ def test_prune_yes_removes_per_policy_and_protects_ga(
     assert after[world["ga"]]["DeregistrationProtection"] == "enabled"
     assert {world["pinned"], world["new"], world["unknown"], world["foreign"]} <= set(after)
     assert {r["action"] for r in run_prune(pruning, act=False)[1]} == {"keep"}  # converged
+
+
+def outcome_records(aws: str) -> list[str]:
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=aws)
+    found = ssm.get_parameters_by_path(Path="/fedimg-outcomes", Recursive=True)["Parameters"]
+    return sorted(p["Name"] for p in found)
+
+
+def test_prune_deletes_the_outcome_records_of_a_compose_whose_amis_it_all_removes(
+    aws: str, world: dict[str, str], pruning: Settings
+) -> None:
+    """The removed nightly's records go (twelve: more than one DeleteParameters takes); those
+    of a compose prune keeps stay; a report-only run deletes nothing."""
+    clients = Clients(pruning.aws)
+    outcome = ImageOutcome("Fedora-Cloud-Base", "x86_64", "Cloud_Base", status="published")
+    for key in range(12):
+        record_outcome(clients, REGION, "Fedora-Rawhide-20250101.n.0", f"k{key:02}", outcome)
+    record_outcome(clients, REGION, "Fedora-Rawhide-20250103.n.0", "k00", outcome)
+    before = outcome_records(aws)
+    run_prune(pruning, act=False)
+    assert outcome_records(aws) == before
+    status, _ = run_prune(pruning, act=True)
+    assert status == 0 and world["old"] not in held(aws)
+    assert outcome_records(aws) == ["/fedimg-outcomes/Fedora-Rawhide-20250103.n.0/k00"]
 
 
 CRASHING_PRUNE = """

@@ -13,6 +13,11 @@ Removing an AMI, each step safe to repeat:
 4. DeleteSnapshot of each ("already gone" counts as done).
 
 A later run deletes the snapshots tagged in step 1 whose AMI no longer exists.
+
+When the plan removes every AMI of a compose (in every region), the compose's outcome records
+(completion.py, SSM ``/fedimg-outcomes/<compose>/…``) are deleted first: they only served to
+announce the compose, and deleted before the AMIs, a crash never leaves records of a compose
+nobody will prune again.
 """
 
 from __future__ import annotations
@@ -238,6 +243,24 @@ def apply(clients: Clients, plan: Plan) -> tuple[dict[str, Done], dict[Leftover,
     return amis, leftovers
 
 
+def forget_outcomes(settings: Settings, clients: Clients, the_plan: Plan) -> dict[str, Done]:
+    """Deletes the outcome records of every compose whose AMIs the plan all removes (the plan
+    must cover every region, as ``plan`` does by default). Returns per compose id whether it
+    was done; a failure is reported, not raised."""
+    from fedimg.completion import delete_outcome_records  # completion imports the pipeline
+
+    removing = {d.record.compose_id for d in the_plan.decisions if d.action is Action.REMOVE}
+    kept = {d.record.compose_id for d in the_plan.decisions if d.action is not Action.REMOVE}
+    base = settings.aws.base_region
+    return {
+        compose_id: _attempt(
+            f"deleting the outcome records of {compose_id}",
+            lambda c=compose_id: delete_outcome_records(clients, base, c),  # type: ignore[misc]
+        )
+        for compose_id in sorted(removing - kept - {""})
+    }
+
+
 def _act(ec2: EC2Client, d: Decision) -> Done:
     r = d.record
     if d.action is Action.PROTECT:
@@ -289,11 +312,13 @@ def prune_after_compose(
     logged, never raised: the compose is done either way, and the next prune tries again."""
     try:
         the_plan = plan(settings, clients, now=now)
+        forgotten = forget_outcomes(settings, clients, the_plan)
         done, left_done = apply(clients, the_plan)
     except FedimgError as e:
         log.error("compose %s: prune failed: %s", compose_id, e)
         return
-    failed = [d.error for d in (*done.values(), *left_done.values()) if not d.ok]
+    steps = (*forgotten.values(), *done.values(), *left_done.values())
+    failed = [d.error for d in steps if not d.ok]
     removed = sum(1 for d in the_plan.decisions if d.action is Action.REMOVE)
     log.info("compose %s: prune acted on %d AMIs (%d to remove)", compose_id, len(done), removed)
     for error in failed:
@@ -320,13 +345,14 @@ def prune_command(
     console = console or Console()
     now = now or datetime.now(UTC)
     the_plan = plan(settings, clients, now=now)
+    forgotten = forget_outcomes(settings, clients, the_plan) if act else {}
     done, left_done = apply(clients, the_plan) if act else ({}, {})
     rows = rows_of(the_plan, now, done, left_done if act else None)
     if as_json:
         console.out(json.dumps(rows, indent=2), highlight=False)
     else:
         console.print(_table(rows, act))
-    failed = [d for d in (*done.values(), *left_done.values()) if not d.ok]
+    failed = [d for d in (*forgotten.values(), *done.values(), *left_done.values()) if not d.ok]
     return 1 if failed else 0
 
 
@@ -395,6 +421,7 @@ __all__ = [
     "Leftover",
     "Plan",
     "apply",
+    "forget_outcomes",
     "plan",
     "prune_after_compose",
     "prune_command",
