@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -253,3 +254,82 @@ def test_gc_converges_through_a_faulty_network(settings: Settings, aws: str) -> 
     assert rc == 0 and all(r["removed"] for r in rows)
     assert {(r["region"], r["kind"], r["id"]) for r in rows} == world.orphans
     assert not {rid for _, _, rid in world.orphans} & existing(aws)
+
+
+# ---------------------------------------------------------------------------------------------
+# The S3 + ImportSnapshot method's leftovers
+
+BUCKET = "fedimg-staging"
+VMIMPORT_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "vmie.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+def import_world(aws: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A killed import's task (still active) and its object, a staged object and a multipart
+    upload nobody came back for; next to them what gc must keep: an object without fedimg's
+    metadata, one outside the prefix, and another account user's active task."""
+    from fedimg.standins.aws import options
+
+    monkeypatch.setenv(options.IMPORT_SECONDS, "3600")  # tasks stay active
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=aws)
+    s3.create_bucket(Bucket=BUCKET)
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=aws)
+    iam.create_role(RoleName="vmimport", AssumeRolePolicyDocument=json.dumps(VMIMPORT_TRUST))
+    meta = {"fedimg-image-key": "k"}
+    for key in ("fedimg/read-by-task.raw", "fedimg/left.raw", "fedimg/theirs.raw"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"\0" * 512, Metadata=meta)
+    s3.put_object(Bucket=BUCKET, Key="fedimg/no-metadata.raw", Body=b"\0" * 512)
+    s3.put_object(Bucket=BUCKET, Key="other/outside.raw", Body=b"\0" * 512, Metadata=meta)
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="fedimg/half.raw")["UploadId"]
+
+    def start(key: str, tags: dict[str, str]) -> str:
+        disk = {"Format": "RAW", "UserBucket": {"S3Bucket": BUCKET, "S3Key": key}}
+        specs = spec("import-snapshot-task", tags) if tags else []
+        task = ec2(aws).import_snapshot(DiskContainer=disk, TagSpecifications=specs)
+        return str(task["ImportTaskId"])
+
+    return {
+        "task": start("fedimg/read-by-task.raw", managed()),
+        "their_task": start("fedimg/theirs.raw", {}),
+        "upload": f"fedimg/half.raw?uploadId={upload}",
+    }
+
+
+def test_import_leftovers_past_the_deadline_are_reported_then_removed_with_yes(
+    settings: Settings, aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = import_world(aws, monkeypatch)
+    s = dataclasses.replace(
+        settings, upload=dataclasses.replace(settings.upload, bucket=BUCKET, deadline_seconds=3600)
+    )
+    clients = Clients(s.aws)
+    # Everything is young; but moto answers every multipart upload's Initiated as 2010-11-10.
+    assert {o.kind for o in find_orphans(s, clients)} == {"multipart-upload"}
+    expected = {
+        ("us-east-1", "import-task", made["task"]),
+        ("us-east-1", "multipart-upload", made["upload"]),
+        ("us-east-1", "s3-object", "fedimg/left.raw"),
+        ("us-east-1", "s3-object", "fedimg/read-by-task.raw"),  # its task is cancelled too
+    }
+    orphans = find_orphans(s, clients, now=LATER)
+    assert found(orphans) == expected
+    assert orphans[0].kind == "import-task"  # cancelled before its object is deleted
+    assert gc_command(s, clients, act=True, as_json=True, now=LATER) == 0
+    tasks = {
+        t["ImportTaskId"]: t["SnapshotTaskDetail"]["Status"]
+        for t in ec2(aws).describe_import_snapshot_tasks()["ImportSnapshotTasks"]
+    }
+    assert tasks[made["task"]] in ("deleting", "deleted")
+    assert tasks[made["their_task"]] == "active"
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=aws)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert keys == {"fedimg/theirs.raw", "fedimg/no-metadata.raw", "other/outside.raw"}
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []

@@ -9,6 +9,9 @@ product). An orphan is:
 - a test key pair or security group that no live, young test instance uses and whose test run is
   not still starting.
 
+With the S3 + ImportSnapshot upload method (``upload.bucket`` set), also the staging bucket's
+objects and multipart uploads, and VM Import tasks, that killed runs left (gc_import.py).
+
 "No AMI uses" means: no image of the account in that region lists the snapshot in its block device
 mappings, and (for snapshots not mid-upload) no image there carries the snapshot's
 ``fedimg:image-key``: while an image key has an AMI, gc keeps that key's snapshots rather than
@@ -28,12 +31,14 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.table import Table
 
+from fedimg.aws import gc_import
 from fedimg.aws.clients import Clients, error_code, translate
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings
@@ -108,11 +113,24 @@ def find_orphans(
             raise translate(e, f"gc: reading {region}") from e
 
     found = _each_region(_regions(settings), scan)
-    kind_rank = {k: n for n, k in enumerate(REMOVAL_ORDER)}
+    if settings.upload.bucket:
+        found.append(_import_leftovers(settings, clients, now, grace))
+    kind_rank = {k: n for n, k in enumerate((*gc_import.KINDS, *REMOVAL_ORDER))}
     return sorted(
         (o for orphans in found for o in orphans),
         key=lambda o: (o.region, kind_rank.get(o.kind, 99), o.resource_id),
     )
+
+
+def _import_leftovers(
+    settings: Settings, clients: Clients, now: datetime, grace: timedelta
+) -> list[Orphan]:
+    region = settings.aws.base_region
+    try:
+        found = gc_import.ImportScan(settings, clients, now, grace).leftovers()
+    except (ClientError, BotoCoreError) as e:
+        raise translate(e, f"gc: reading import leftovers in {region}") from e
+    return [Orphan(region, kind, rid, why, _iso(since)) for kind, rid, why, since in found]
 
 
 def _regions(settings: Settings) -> list[str]:
@@ -282,15 +300,18 @@ def remove_orphans(
     Returns one Removal per orphan, in the order given.
     """
     by_region: dict[str, list[Orphan]] = {}
+    done: dict[Orphan, Removal] = {}
     for o in orphans:
-        by_region.setdefault(o.region, []).append(o)
+        if o.kind in gc_import.KINDS:  # in KINDS order: a task goes before its object
+            done[o] = _attempt(o, partial(gc_import.remove_leftover, settings, clients, o.kind))
+        else:
+            by_region.setdefault(o.region, []).append(o)
 
     deadline_s = min(TERMINATE_DEADLINE_S, settings.aws.wait_seconds)
 
     def run(region: str) -> dict[Orphan, Removal]:
         return _remove_in_region(clients.ec2(region), by_region[region], deadline_s)
 
-    done: dict[Orphan, Removal] = {}
     for results in _each_region(list(by_region), run):
         done.update(results)
     return [done[o] for o in orphans]
@@ -339,6 +360,8 @@ def _attempt(orphan: Orphan, action: Callable[[str], object]) -> Removal:
         return _failed(orphan, str(translate(e, f"removing {what}")))
     except BotoCoreError as e:
         return _failed(orphan, str(translate(e, f"removing {what}")))
+    except FedimgError as e:  # gc_import translates its own
+        return _failed(orphan, str(e))
     log.info("gc: removed %s", what)
     return Removal(orphan, True)
 
