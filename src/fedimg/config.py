@@ -175,6 +175,17 @@ class TestSettings:
     ssh_seconds: int = 300
     check_seconds: int = 300
     checks: tuple[Check, ...] = DEFAULT_CHECKS
+    # Region -> the subnet (or subnets, tried in order when one has no capacity) the test
+    # instance is launched in; a region not named uses its default VPC's default subnets.
+    subnet_ids: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    # "public": SSH to the instance's public address; "private": to its private address
+    # (fedimg runs inside the VPC, or reaches it through a VPN or peering).
+    ssh_address: str = "public"
+
+    def subnets_in(self, region: str) -> tuple[str, ...]:
+        """The configured subnets of ``region``, in order; () when none is configured."""
+        given = self.subnet_ids.get(region, ())
+        return (given,) if isinstance(given, str) else tuple(given)
 
 
 @dataclass(frozen=True)
@@ -311,9 +322,20 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: must be a table")
         item = typing.get_args(hint)[1]
         return {k: _convert(item, v, _join(where, k)) for k, v in value.items()}
-    if isinstance(hint, types.UnionType):  # pragma: no cover - no such fields yet
-        raise ConfigError(f"{where}: unsupported type")
+    if isinstance(hint, types.UnionType):  # the first alternative the value fits
+        for alternative in typing.get_args(hint):
+            try:
+                return _convert(alternative, value, where)
+            except ConfigError:
+                continue
+        kinds = " or ".join(
+            _KIND.get(typing.get_origin(a) or a, str(a)) for a in typing.get_args(hint)
+        )
+        raise ConfigError(f"{where}: must be {kinds}")
     raise ConfigError(f"{where}: unsupported type")  # pragma: no cover
+
+
+_KIND = {str: "a string", tuple: "a list", dict: "a table", bool: "true or false"}
 
 
 def _join(where: str, key: str) -> str:
@@ -382,6 +404,7 @@ def validate(s: Settings) -> Settings:
         if arch not in ARCHES:
             raise ConfigError(f"test.instance_types.{arch}: unknown architecture")
     _ssh_cidr(t)
+    _test_network(s)
     names = [c.name for c in t.checks]
     if len(set(names)) != len(names):
         raise ConfigError("test.checks: two checks have the same name")
@@ -479,6 +502,27 @@ def _trusted_locations(c: ComposeSettings) -> None:
             raise ConfigError(f"compose.trusted_locations[{n}]: {problem}")
     if c.ca_bundle and not os.path.isfile(c.ca_bundle):
         raise ConfigError(f"compose.ca_bundle: {c.ca_bundle}: no such file")
+
+
+SSH_ADDRESSES = ("public", "private")
+SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+
+
+def _test_network(s: Settings) -> None:
+    t = s.test
+    if t.ssh_address not in SSH_ADDRESSES:
+        raise ConfigError(f"test.ssh_address: must be one of {', '.join(SSH_ADDRESSES)}")
+    used = {s.aws.base_region, *s.aws.regions}
+    for region in t.subnet_ids:
+        key = f"test.subnet_ids.{region}"
+        if region not in used:
+            raise ConfigError(f"{key}: not a region in aws.base_region or aws.regions")
+        subnets = t.subnets_in(region)
+        if not subnets:
+            raise ConfigError(f"{key}: names no subnet")
+        for subnet in subnets:
+            if not SUBNET_RE.match(subnet):
+                raise ConfigError(f"{key}: {subnet!r} is not a subnet id (subnet-...)")
 
 
 def _ssh_cidr(t: TestSettings) -> None:

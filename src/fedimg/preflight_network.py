@@ -1,16 +1,14 @@
 """Preflight's check of the boot test's network in the base region.
 
-The test instance is launched without a subnet today, so EC2 puts it in a default subnet of the
-default VPC (API_RunInstances.html, SubnetId), and fedimg SSHes to its public address. Many
-organisations delete the default VPC; a subnet that does not map public IPs on launch gives the
-instance none. When the configuration names subnets (``test.subnet_ids``, per region) those are
-checked instead, and ``test.ssh_address = "private"`` (fedimg inside the VPC) needs no public
-address. Both keys are read only if the configuration has them.
+The test instance is launched in the subnets ``test.subnet_ids`` names for the region, else in a
+default subnet of the default VPC (aws/testnetwork.py), and fedimg SSHes to its public address.
+Many organisations delete the default VPC; a subnet that does not map public IPs on launch gives
+the instance none, so the boot test uses only subnets that do. ``test.ssh_address = "private"``
+(fedimg inside the VPC) needs no public address.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -24,19 +22,9 @@ if TYPE_CHECKING:
 CHECK = "boot test network"
 
 
-def configured_subnets(settings: Settings, region: str) -> list[str]:
-    """``test.subnet_ids`` for ``region``: a table region -> id(s), or one list; [] if none."""
-    given: Any = getattr(settings.test, "subnet_ids", None) or ()
-    if isinstance(given, Mapping):
-        given = given.get(region) or ()
-    if isinstance(given, str):
-        return [given]
-    return [str(s) for s in given] if isinstance(given, Sequence) else []
-
-
 def network_row(settings: Settings, ec2: EC2Client, region: str) -> Row:
-    subnets = configured_subnets(settings, region)
-    public = getattr(settings.test, "ssh_address", "public") != "private"
+    subnets = list(settings.test.subnets_in(region))
+    public = settings.test.ssh_address != "private"
     try:
         if subnets:
             found = ec2.describe_subnets(SubnetIds=subnets)["Subnets"]
@@ -68,9 +56,7 @@ def network_row(settings: Settings, ec2: EC2Client, region: str) -> Row:
 
 
 def _no_default_vpc(settings: Settings, region: str) -> Row:
-    fix = f"aws ec2 create-default-vpc --region {region}"
-    if hasattr(settings.test, "subnet_ids"):
-        fix += f", or name a subnet in test.subnet_ids for {region}"
+    fix = f"aws ec2 create-default-vpc --region {region}, or name a subnet in test.subnet_ids"
     return Row(CHECK, region, BLOCKER, "no default VPC, and no subnet configured", fix)
 
 
@@ -85,6 +71,6 @@ def _public_addresses(subnets: list[Any], where: str, region: str) -> Row:
         detail = f"{where}: no subnet gives instances a public address ({', '.join(private)})"
         return Row(CHECK, region, BLOCKER, detail, fix)
     if private:
-        detail = f"{where}: {', '.join(private)} give no public address; a test there fails"
+        detail = f"{where}: {', '.join(private)} give no public address; the test skips them"
         return Row(CHECK, region, WARNING, detail, fix)
     return Row(CHECK, region, OK, f"{where}: {len(subnets)} subnets map public addresses")

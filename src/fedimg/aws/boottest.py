@@ -1,8 +1,10 @@
 """The EC2 boot test: launch the new AMI, SSH in, run the configured checks, clean up always.
 
 Throwaway key pair (our own key, imported: the private half never crosses the API) and security
-group (SSH from ``test.ssh_cidr`` only); an instance with IMDSv2 required; wait for running and
-status checks; checks over SSH; console output kept on failure. The instance, key pair and
+group (SSH from ``test.ssh_cidr`` only) in the test network's VPC; an instance with IMDSv2
+required in one of its subnets (testnetwork.py: ``test.subnet_ids``, else the default VPC); wait
+for running and status checks; checks over SSH to the public or private address
+(``test.ssh_address``); console output kept on failure. The instance, key pair and
 security group are removed in ``finally`` — on errors and Ctrl-C too — and all carry
 ``fedimg:role=test`` so ``fedimg gc`` finds anything a crash left.
 
@@ -26,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import paramiko
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fedimg.aws.clients import Clients, translate
+from fedimg.aws.clients import Clients, error_code, translate
 from fedimg.aws.testlease import RunLease, clean_up_earlier_tests, lease_tag
+from fedimg.aws.testnetwork import NEXT_SUBNET_CODES, TestNetwork, find_network, ssh_host
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings, TestSettings
 from fedimg.errors import AwsError, ConfigError, FedimgError, TransientError
@@ -53,16 +56,18 @@ class SshTarget:
     pkey: paramiko.PKey
 
 
-# Where to SSH to for an instance. Production: its public address and our key. Tests (moto cannot
-# boot instances): a local QEMU guest running the same image.
+# Where to SSH to for an instance. Production: its address (``test.ssh_address``) and our key.
+# Tests (moto cannot boot instances): a local QEMU guest running the same image.
 TargetResolver = Callable[[dict[str, Any], paramiko.PKey], SshTarget]
 
 
-def public_address(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
-    host = instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
-    if not host:
-        raise TransientError(f"instance {instance['InstanceId']} has no address")
-    return SshTarget(str(host), 22, pkey)
+def address_resolver(ssh_address: str) -> TargetResolver:
+    """SSH to the instance's public or private address, port 22, with our key."""
+
+    def resolve(instance: dict[str, Any], pkey: paramiko.PKey) -> SshTarget:
+        return SshTarget(ssh_host(instance, ssh_address), 22, pkey)
+
+    return resolve
 
 
 def instance_type(settings: Settings, arch: str) -> str:
@@ -103,13 +108,13 @@ class _ImageFault(FedimgError):
 
 class Ec2BootTester:
     def __init__(
-        self, settings: Settings, clients: Clients, resolve: TargetResolver = public_address
+        self, settings: Settings, clients: Clients, resolve: TargetResolver | None = None
     ) -> None:
         if not settings.test.ssh_cidr:
             raise ConfigError("test.ssh_cidr: required by the EC2 boot test (the address of SSH)")
         self.settings = settings
         self.clients = clients
-        self.resolve = resolve
+        self.resolve = resolve or address_resolver(settings.test.ssh_address)
 
     def __call__(self, subject: TestSubject) -> TestVerdict:
         from fedimg.boot.ssh import throwaway_key
@@ -167,6 +172,7 @@ class _TestRun:
 
     def launch(self, public_key: str) -> dict[str, Any]:
         t = self.settings.test
+        network = find_network(t, self.ec2, self.subject.region)  # before anything is made
         self.key_pair_id = self.ec2.import_key_pair(
             KeyName=self.name,
             PublicKeyMaterial=public_key.encode(),
@@ -177,6 +183,7 @@ class _TestRun:
         self.group_id = self.ec2.create_security_group(
             GroupName=self.name,
             Description="fedimg boot test: SSH only",
+            VpcId=network.vpc_id,
             TagSpecifications=self._spec("security-group"),
         )["GroupId"]
         self.lease.add(self.group_id)
@@ -184,17 +191,7 @@ class _TestRun:
             GroupId=self.group_id,
             IpPermissions=[ssh_permission(t.ssh_cidr)],
         )
-        self.instance_id = self.ec2.run_instances(
-            ImageId=self.subject.ami,
-            InstanceType=instance_type(self.settings, self.subject.identity.arch),  # type: ignore[arg-type]
-            KeyName=self.key_name,
-            SecurityGroupIds=[self.group_id],
-            MinCount=1,
-            MaxCount=1,
-            ClientToken=self.name,
-            MetadataOptions=metadata_options(self.settings),  # type: ignore[arg-type]
-            TagSpecifications=self._spec("instance") + self._spec("volume"),
-        )["Instances"][0]["InstanceId"]
+        self.instance_id = self._run_instance(network)
         self.lease.add(self.instance_id)
         log.info("%s: test instance %s", self.subject.ami, self.instance_id)
         wait_until(
@@ -206,6 +203,32 @@ class _TestRun:
         )
         self._wait_status_checks(t.boot_seconds)
         return self._describe()
+
+    def _run_instance(self, network: TestNetwork) -> str:
+        """The instance, in the first subnet whose zone can launch its type."""
+        *others, last = network.subnet_ids
+        for subnet in others:
+            try:
+                return self._run_instance_in(subnet)
+            except ClientError as e:
+                if error_code(e) not in NEXT_SUBNET_CODES:
+                    raise
+                log.info("%s: %s in %s, trying the next subnet", self.name, error_code(e), subnet)
+        return self._run_instance_in(last)
+
+    def _run_instance_in(self, subnet: str) -> str:
+        return self.ec2.run_instances(
+            ImageId=self.subject.ami,
+            InstanceType=instance_type(self.settings, self.subject.identity.arch),  # type: ignore[arg-type]
+            KeyName=self.key_name,
+            SubnetId=subnet,
+            SecurityGroupIds=[self.group_id],
+            MinCount=1,
+            MaxCount=1,
+            ClientToken=f"{self.name}-{subnet}",  # one launch per subnet, each idempotent
+            MetadataOptions=metadata_options(self.settings),  # type: ignore[arg-type]
+            TagSpecifications=self._spec("instance") + self._spec("volume"),
+        )["Instances"][0]["InstanceId"]
 
     def _describe(self) -> dict[str, Any]:
         r = self.ec2.describe_instances(InstanceIds=[self.instance_id])["Reservations"]
