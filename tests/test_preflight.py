@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
+import botocore.session
 import pytest
 from click.testing import CliRunner
 
@@ -26,14 +28,14 @@ from fedimg.preflight_aws import (
     public_quota_row,
     simulated_row,
 )
-from fedimg.preflight_dryruns import DRY_RUNS
+from fedimg.preflight_dryruns import DRY_RUNS, ON_EXISTING
 from fedimg.preflight_network import network_row
 from fedimg.preflight_services import service_rows
 from fedimg.samplecompose import serve_directory
 from fedimg.standins.aws import options
 from fedimg.standins.moto import free_port
 from fedimg.standins.resultsdb import resultsdb_standin
-from tests.helpers import ec2
+from tests.helpers import ec2, record
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "us-east-1"
@@ -116,17 +118,52 @@ def test_a_region_not_enabled_or_of_another_partition_blocks(
 def test_a_denied_ec2_action_blocks_its_region_naming_the_permission(
     aws: str, clients: Clients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(options.DENY, "ec2:CopyImage,ec2:ModifySnapshotAttribute")
+    monkeypatch.setenv(options.DENY, "ec2:CopyImage,ec2:ImportKeyPair")
     row = permission_row(clients.ec2("eu-west-1"), "eu-west-1")
     assert row.status == BLOCKER
-    assert row.detail == "denied: ec2:CopyImage, ec2:ModifySnapshotAttribute"
+    assert row.detail == "denied: ec2:CopyImage, ec2:ImportKeyPair"
     assert "iam-policy.json" in row.action
 
 
+def test_a_refused_dry_run_on_a_placeholder_resource_needs_the_tag_and_does_not_block(
+    aws: str, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy allows acting only on resources tagged fedimg:managed, which the placeholder
+    ids of these dry runs are not: UnauthorizedOperation there says nothing about the policy."""
+    monkeypatch.setenv(options.DENY, "ec2:ModifySnapshotAttribute,ec2:DeregisterImage")
+    row = permission_row(clients.ec2(BASE), BASE)
+    assert row.status == UNCHECKED
+    assert row.detail == (
+        "needs fedimg:managed on the resource: ec2:ModifySnapshotAttribute, ec2:DeregisterImage"
+    )
+
+
+def test_the_creating_dry_runs_tag_what_they_would_create_fedimg_managed(aws: str) -> None:
+    session = boto3.session.Session()
+    rec = record(session)
+    permission_row(session.client("ec2", region_name=BASE, endpoint_url=aws), BASE)
+    creating = set(DRY_RUNS) - ON_EXISTING
+    for action in ("CopyImage", "CreateSecurityGroup", "ImportKeyPair", "ImportSnapshot"):
+        (params,) = rec.of(action)
+        specs = params["TagSpecifications"]
+        assert specs and all(
+            {"Key": "fedimg:managed", "Value": "true"} in spec["Tags"] for spec in specs
+        )
+        assert action in creating
+
+
 def test_the_dry_runs_are_every_ec2_action_of_the_iam_policy() -> None:
+    """Every EC2 action of the policy takes DryRun (botocore's EC2 model) and has a dry run."""
     policy = json.loads((ROOT / "iam-policy.json").read_text())
     actions = {a for s in policy["Statement"] for a in s["Action"]}
-    assert {f"ec2:{a}" for a in DRY_RUNS} == {a for a in actions if a.startswith("ec2:")}
+    ec2_actions = {a.split(":", 1)[1] for a in actions if a.startswith("ec2:")}
+    model = botocore.session.get_session().get_service_model("ec2")
+    dry_runnable = {
+        a for a in ec2_actions if "DryRun" in model.operation_model(a).input_shape.members
+    }
+    assert dry_runnable == ec2_actions
+    assert set(DRY_RUNS) == ec2_actions
+    assert set(DRY_RUNS) >= ON_EXISTING
 
 
 def test_ebs_and_ssm_permissions_come_from_the_policy_simulator(
@@ -258,9 +295,9 @@ def test_cli_table_json_and_exit_status(
     rows = json.loads(ok.output)
     assert {tuple(sorted(r)) for r in rows} == {("action", "check", "detail", "region", "status")}
     assert {r["status"] for r in rows} == {OK}
-    monkeypatch.setenv(options.DENY, "ec2:RegisterImage")
+    monkeypatch.setenv(options.DENY, "ec2:CopyImage")
     monkeypatch.setenv("COLUMNS", "200")  # rich's width when not on a terminal
     blocked = runner.invoke(main, ["--config", str(config), "preflight"])
     assert blocked.exit_code == 1
     assert "blocked: fix the blockers first" in blocked.output
-    assert "denied: ec2:RegisterImage" in blocked.output
+    assert "denied: ec2:CopyImage" in blocked.output

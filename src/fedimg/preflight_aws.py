@@ -16,7 +16,7 @@ from fedimg.aws.publish import check_block_public_access
 from fedimg.config import Settings
 from fedimg.errors import AwsError
 from fedimg.preflight import BLOCKER, GLOBAL, OK, UNCHECKED, WARNING, Row
-from fedimg.preflight_dryruns import DRY_RUNS
+from fedimg.preflight_dryruns import DRY_RUNS, ON_EXISTING
 from fedimg.preflight_network import network_row
 
 if TYPE_CHECKING:
@@ -146,20 +146,27 @@ def region_checks(settings: Settings, clients: Clients, region: str) -> list[Row
 
 def permission_row(ec2: EC2Client, region: str) -> Row:
     """Every EC2 action fedimg calls, as a dry run: DryRunOperation = allowed,
-    UnauthorizedOperation = denied. Any other answer (a placeholder id looked up before the
-    permission) leaves that action unchecked."""
-    denied, unchecked = [], []
+    UnauthorizedOperation = denied, except for the dry runs on placeholder resources
+    (ON_EXISTING), which the policy allows only on resources tagged fedimg:managed. Any other
+    answer (a placeholder id looked up before the permission) leaves that action unchecked."""
+    denied: list[str] = []
+    needs_tag: list[str] = []  # under the policy: allowed on fedimg's own resources only
+    unchecked: list[str] = []
     for action, call in DRY_RUNS.items():
         outcome = dry_run(ec2, region, call)
         if outcome == "UnauthorizedOperation":
-            denied.append(f"ec2:{action}")
+            (needs_tag if action in ON_EXISTING else denied).append(f"ec2:{action}")
         elif outcome != "DryRunOperation":
             unchecked.append(f"ec2:{action} ({outcome})")
     if denied:
         detail = f"denied: {', '.join(denied)}"
         return Row("EC2 permissions", region, BLOCKER, detail, f"allow them: {POLICY}")
-    if unchecked:
-        detail = f"dry run inconclusive for {', '.join(unchecked)}"
+    if unchecked or needs_tag:
+        parts = (
+            [f"needs fedimg:managed on the resource: {', '.join(needs_tag)}"] if needs_tag else []
+        )
+        parts += [f"dry run inconclusive for {', '.join(unchecked)}"] if unchecked else []
+        detail = "; ".join(parts)
         return Row("EC2 permissions", region, UNCHECKED, detail, "compare with iam-policy.json")
     return Row("EC2 permissions", region, OK, f"{len(DRY_RUNS)} actions allowed (dry runs)")
 

@@ -5,10 +5,15 @@ The list is every ``ec2:`` action of ``iam-policy.json`` (tests hold the two tog
 request" (the DryRun parameter of every EC2 action): ``DryRunOperation`` when allowed,
 ``UnauthorizedOperation`` when not.
 
-The ids below are well formed but name nothing. The EC2 reference does not say, per action,
-whether the permission is checked before the ids are looked up; where EC2 looks first it answers
-``*.NotFound``, and preflight reports that action as unchecked rather than guessing. The
-Describe* reads name no ids, except DescribeImageAttribute.
+Under iam-policy.json fedimg may create only what it tags ``fedimg:managed=true`` in the same
+call, and act only on resources that carry that tag. So the creating dry runs carry the tag in
+their TagSpecifications, as fedimg's own requests do. The others (``ON_EXISTING``) name existing
+resources by ids that are well formed but name nothing, so they carry no tag: an
+``UnauthorizedOperation`` there cannot tell "not granted" from "granted on fedimg:managed
+resources only", and preflight reports it as needing the tag on the resource, not as denied.
+The EC2 reference does not say, per action, whether the permission is checked before the ids are
+looked up; where EC2 looks first it answers ``*.NotFound``, and preflight reports that action as
+unchecked rather than guessing. The Describe* reads name no ids, except DescribeImageAttribute.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import (
         BlockDeviceMappingTypeDef,
         IpPermissionTypeDef,
+        TagSpecificationTypeDef,
         TagTypeDef,
     )
 
@@ -30,6 +36,7 @@ AMI = "ami-0f00d0000000000f0"
 SNAPSHOT = "snap-0f00d0000000000f0"
 INSTANCE = "i-0f00d0000000000f0"
 GROUP = "sg-0f00d0000000000f0"
+IMPORT_TASK = "import-snap-0f00d0000000000f0"
 NAME = "fedimg-preflight"
 # A well-formed ssh-ed25519 public key (wire format: name, then a 32-byte key).
 _KEY_BLOB = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(32)
@@ -37,7 +44,17 @@ PUBLIC_KEY = b"ssh-ed25519 " + base64.b64encode(_KEY_BLOB) + b" fedimg-preflight
 SSH: list[IpPermissionTypeDef] = [
     {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
 ]
-TAG: list[TagTypeDef] = [{"Key": "fedimg:preflight", "Value": "dry-run"}]
+TAG: list[TagTypeDef] = [
+    {"Key": "fedimg:managed", "Value": "true"},
+    {"Key": "fedimg:preflight", "Value": "dry-run"},
+]
+
+
+def tagged(*resource_types: str) -> list[TagSpecificationTypeDef]:
+    """TagSpecifications as fedimg's creating calls send them (tag-on-create)."""
+    return [{"ResourceType": t, "Tags": TAG} for t in resource_types]  # type: ignore[typeddict-item]
+
+
 MAPPING: list[BlockDeviceMappingTypeDef] = [
     {"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": SNAPSHOT, "VolumeType": "gp3"}}
 ]
@@ -58,6 +75,7 @@ DRY_RUNS: dict[str, DryRun] = {
         RootDeviceName="/dev/sda1",
         VirtualizationType="hvm",
         BlockDeviceMappings=MAPPING,
+        TagSpecifications=tagged("image"),
         DryRun=True,
     ),
     "CreateTags": lambda ec2, _: ec2.create_tags(Resources=[AMI], Tags=TAG, DryRun=True),
@@ -66,7 +84,11 @@ DRY_RUNS: dict[str, DryRun] = {
     "DescribeImages": lambda ec2, _: ec2.describe_images(Owners=["self"], DryRun=True),
     # Copy and publish (aws/replicate.py, aws/publish.py)
     "CopyImage": lambda ec2, region: ec2.copy_image(
-        Name=NAME, SourceImageId=AMI, SourceRegion=region, DryRun=True
+        Name=NAME,
+        SourceImageId=AMI,
+        SourceRegion=region,
+        TagSpecifications=tagged("image", "snapshot"),
+        DryRun=True,
     ),
     "DescribeImageAttribute": lambda ec2, _: ec2.describe_image_attribute(
         ImageId=AMI, Attribute="launchPermission", DryRun=True
@@ -84,24 +106,54 @@ DRY_RUNS: dict[str, DryRun] = {
     "EnableImageDeprecation": lambda ec2, _: ec2.enable_image_deprecation(
         ImageId=AMI, DeprecateAt=_tomorrow(), DryRun=True
     ),
+    "EnableImageDeregistrationProtection": lambda ec2, _: (
+        ec2.enable_image_deregistration_protection(ImageId=AMI, DryRun=True)
+    ),
     "GetImageBlockPublicAccessState": lambda ec2, _: ec2.get_image_block_public_access_state(
         DryRun=True
     ),
     "GetSnapshotBlockPublicAccessState": lambda ec2, _: ec2.get_snapshot_block_public_access_state(
         DryRun=True
     ),
+    # Upload by S3 + ImportSnapshot (aws/importsnapshot.py)
+    "ImportSnapshot": lambda ec2, _: ec2.import_snapshot(
+        DiskContainer={
+            "Format": "RAW",
+            "UserBucket": {"S3Bucket": "fedimg-preflight", "S3Key": f"{NAME}.raw"},
+        },
+        TagSpecifications=tagged("import-snapshot-task"),
+        DryRun=True,
+    ),
+    "DescribeImportSnapshotTasks": lambda ec2, _: ec2.describe_import_snapshot_tasks(DryRun=True),
+    "CancelImportTask": lambda ec2, _: ec2.cancel_import_task(
+        ImportTaskId=IMPORT_TASK, DryRun=True
+    ),
+    # Retention (aws/prune.py)
+    "DisableImage": lambda ec2, _: ec2.disable_image(ImageId=AMI, DryRun=True),
+    "DeregisterImage": lambda ec2, _: ec2.deregister_image(ImageId=AMI, DryRun=True),
     # The boot test (aws/boottest.py)
     "ImportKeyPair": lambda ec2, _: ec2.import_key_pair(
-        KeyName=NAME, PublicKeyMaterial=PUBLIC_KEY, DryRun=True
+        KeyName=NAME,
+        PublicKeyMaterial=PUBLIC_KEY,
+        TagSpecifications=tagged("key-pair"),
+        DryRun=True,
     ),
     "CreateSecurityGroup": lambda ec2, _: ec2.create_security_group(
-        GroupName=NAME, Description="fedimg preflight (dry run)", DryRun=True
+        GroupName=NAME,
+        Description="fedimg preflight (dry run)",
+        TagSpecifications=tagged("security-group"),
+        DryRun=True,
     ),
     "AuthorizeSecurityGroupIngress": lambda ec2, _: ec2.authorize_security_group_ingress(
         GroupId=GROUP, IpPermissions=SSH, DryRun=True
     ),
     "RunInstances": lambda ec2, _: ec2.run_instances(
-        ImageId=AMI, InstanceType="t3.small", MinCount=1, MaxCount=1, DryRun=True
+        ImageId=AMI,
+        InstanceType="t3.small",
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=tagged("instance", "volume", "network-interface"),
+        DryRun=True,
     ),
     "DescribeInstances": lambda ec2, _: ec2.describe_instances(DryRun=True),
     "DescribeInstanceStatus": lambda ec2, _: ec2.describe_instance_status(DryRun=True),
@@ -118,3 +170,27 @@ DRY_RUNS: dict[str, DryRun] = {
     "DescribeVpcs": lambda ec2, _: ec2.describe_vpcs(DryRun=True),
     "DescribeSubnets": lambda ec2, _: ec2.describe_subnets(DryRun=True),
 }
+
+# The dry runs that name existing resources by placeholder ids (RegisterImage: the snapshot;
+# RunInstances: the AMI), which the policy allows only when they carry fedimg:managed.
+ON_EXISTING = frozenset(
+    {
+        "AuthorizeSecurityGroupIngress",
+        "CancelImportTask",
+        "CreateTags",
+        "DeleteKeyPair",
+        "DeleteSecurityGroup",
+        "DeleteSnapshot",
+        "DeregisterImage",
+        "DescribeImageAttribute",
+        "DisableImage",
+        "EnableImageDeprecation",
+        "EnableImageDeregistrationProtection",
+        "GetConsoleOutput",
+        "ModifyImageAttribute",
+        "ModifySnapshotAttribute",
+        "RegisterImage",
+        "RunInstances",
+        "TerminateInstances",
+    }
+)
