@@ -4,6 +4,10 @@
 
 POINT is one of POINTS or "none". The EC2 boot test's SSH goes to a QEMU guest on GUEST_PORT
 (moto cannot boot instances), logging in with the private key in KEY_FILE.
+
+A point names a botocore event and the occurrence at which the process dies; a point in AFTER dies
+at the first such occurrence once another event has been seen so many times (copies in flight
+while the test runs). The failed-test points need a configuration whose checks fail.
 """
 
 from __future__ import annotations
@@ -29,12 +33,20 @@ POINTS: dict[str, tuple[str, int]] = {
     "mid-upload": ("after-call.ebs.PutSnapshotBlock", 3),
     "after-complete-snapshot": ("after-call.ebs.CompleteSnapshot", 1),
     "after-register": ("after-call.ec2.RegisterImage", 1),
+    # Both images' copies to the two other regions requested, their tests waiting for the
+    # instance's status checks: with the time model on, the copies are still pending.
+    "copies-during-test": ("after-call.ec2.DescribeInstanceStatus", 1),
+    # A failed test: the copies are to be removed (the base AMI's copy round already raised) …
+    "failed-test-before-removal": ("before-call.ec2.DeregisterImage", 1),
+    # … one copy deregistered, its snapshots and the other copies still there.
+    "failed-test-mid-removal": ("after-call.ec2.DeregisterImage", 1),
     "during-test-instance": ("after-call.ec2.RunInstances", 1),
     "mid-replication": ("after-call.ec2.CopyImage", 2),
     "before-publish": ("before-call.ec2.ModifyImageAttribute", 1),
     "after-publish": ("after-call.ssm.PutParameter", 2),
     "before-summary": ("compose.completed", 1),
 }
+AFTER: dict[str, tuple[str, int]] = {"copies-during-test": ("after-call.ec2.CopyImage", 4)}
 
 
 def die() -> None:
@@ -46,14 +58,17 @@ def main(cfg: str, location: str, point: str, port: str, key_file: str) -> int:
     session = boto3.session.Session()
     seen: Counter[str] = Counter()
     event, nth = POINTS.get(point, ("", 0))
+    before, before_nth = AFTER.get(point, ("", 0))
 
     def hook(event_name: str, **_: Any) -> None:
         seen[event_name] += 1
-        if event_name == event and seen[event_name] == nth:
+        if event_name == event and seen[event_name] >= nth and seen[before] >= before_nth:
             die()
 
     if event and not event.startswith("compose."):
         session.events.register(event, hook)
+    if before:
+        session.events.register(before, hook)
 
     def sink(e: Event) -> None:
         if e.stage == "compose" and event == "compose.completed":
