@@ -211,9 +211,16 @@ def _progress(quiet: bool) -> Iterator[Sink]:
 @click.argument("location")
 @click.option("--dry-run", is_flag=True, help="Only list the images that would be published.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--timeline",
+    type=click.Path(dir_okay=False),
+    help="Draw each image's stages and copies against time to this file (.png, .svg).",
+)
 @click.pass_obj
 @_fail_cleanly
-def compose(obj: _Context, location: str, dry_run: bool, as_json: bool) -> None:
+def compose(
+    obj: _Context, location: str, dry_run: bool, as_json: bool, timeline: str | None
+) -> None:
     """Publish the EC2 images of the compose at LOCATION (its .../compose dir: URL or path)."""
     from fedimg.compose import discover
 
@@ -226,10 +233,20 @@ def compose(obj: _Context, location: str, dry_run: bool, as_json: bool) -> None:
             for i in images:
                 click.echo(f"{i.arch:8} {i.subvariant:12} {i.type:8} {i.size:>12} {i.path}")
         return
+    from fedimg.timeline import TimelineRecorder, check_drawable
     from fedimg.wiring import build_pipeline
 
-    pipeline = build_pipeline(settings)
+    if timeline:
+        check_drawable()  # before the run, not after it
+    recorder = TimelineRecorder()
+    pipeline = build_pipeline(settings, (recorder,) if timeline else ())
     outcome = pipeline.run_compose(location)
+    if timeline:
+        from pathlib import Path
+
+        from fedimg.timeline import draw, spans
+
+        draw(spans(recorder.events), Path(timeline), f"compose {outcome.compose_id}")
     summary = [i.summary() for i in outcome.images]
     if as_json:
         click.echo(json.dumps({"compose_id": outcome.compose_id, "images": summary}, indent=2))
