@@ -19,6 +19,15 @@ INSTANCE = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0"
 MANAGED = {"aws:ResourceTag/fedimg:managed": "true", "ec2:ResourceTag/fedimg:managed": "true"}
 FOREIGN = {"aws:ResourceTag/team": "web", "ec2:ResourceTag/team": "web"}
 ASKED = {"aws:RequestTag/fedimg:managed": "true", "aws:TagKeys": ["fedimg:managed"]}
+# The tags fedimg gives the snapshot an import task made (ImportSnapshot can tag only the task).
+IMPORTED = {
+    "aws:RequestTag/fedimg:managed": "true",
+    "aws:RequestTag/fedimg:import-task": "import-snap-0123456789abcdef0",
+    "aws:TagKeys": ["fedimg:import-task", "fedimg:managed"],
+}
+UNMANAGED = {"aws:ResourceTag/fedimg:managed": "false", "ec2:ResourceTag/fedimg:managed": "false"}
+IMPORT_TASK = f"arn:aws:ec2:{REGION}:{ACCOUNT}:import-snapshot-task/import-snap-0123456789abcdef0"
+PARAMETERS = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter"
 
 
 def request(action: str, resource: str, **context: Any) -> dict[str, Any]:
@@ -81,6 +90,41 @@ PAIRS = [
         "PutParameter outside the /fedimg prefix",
         request("ssm:PutParameter", f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/fedimg/42/x"),
         request("ssm:PutParameter", f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/prod/db/password"),
+    ),
+    (
+        "DeleteParameters outside the outcome records",
+        request("ssm:DeleteParameters", f"{PARAMETERS}/fedimg-outcomes/Fedora-42-20250101.0/k"),
+        request("ssm:DeleteParameters", f"{PARAMETERS}/fedimg/42/Cloud_Base/x86_64/latest"),
+    ),
+    (
+        "CreateTags on an untagged snapshot other than as the import's (fedimg:import-task)",
+        request("ec2:CreateTags", SNAPSHOT, **IMPORTED),
+        request("ec2:CreateTags", SNAPSHOT, **ASKED),
+    ),
+    (
+        "CreateTags retagging a snapshot that has fedimg:managed=false, as if imported",
+        request("ec2:CreateTags", SNAPSHOT, **IMPORTED),
+        request("ec2:CreateTags", SNAPSHOT, **IMPORTED, **UNMANAGED),
+    ),
+    (
+        "ImportSnapshot without fedimg:managed in its tags",
+        request("ec2:ImportSnapshot", IMPORT_TASK, **ASKED),
+        request("ec2:ImportSnapshot", IMPORT_TASK),
+    ),
+    (
+        "CancelImportTask of someone else's import",
+        request("ec2:CancelImportTask", IMPORT_TASK, **MANAGED),
+        request("ec2:CancelImportTask", IMPORT_TASK, **FOREIGN),
+    ),
+    (
+        "S3 writes outside the staging prefix",
+        request("s3:PutObject", "arn:aws:s3:::fedimg-staging/fedimg/x.raw"),
+        request("s3:PutObject", "arn:aws:s3:::fedimg-staging/other/x.raw"),
+    ),
+    (
+        "listing the staging bucket outside the prefix",
+        request("s3:ListBucket", "arn:aws:s3:::fedimg-staging", **{"s3:prefix": "fedimg/"}),
+        request("s3:ListBucket", "arn:aws:s3:::fedimg-staging", **{"s3:prefix": ""}),
     ),
 ]
 

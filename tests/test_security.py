@@ -23,9 +23,11 @@ from fedimg.aws.boottest import Ec2BootTester, SshTarget
 from fedimg.aws.clients import Clients
 from fedimg.aws.gc import gc_command
 from fedimg.aws.prune import prune_command
+from fedimg.aws.s3stage import META_KEY, object_key
 from fedimg.boot.qemu import Guest, running_guest
 from fedimg.boot.sample import SAMPLE_CHECKS, sample_image
 from fedimg.boot.ssh import throwaway_key
+from fedimg.completion import record_outcome, recorded_outcomes
 from fedimg.config import Check, RetentionSettings, Settings
 from fedimg.demo import region_table
 from fedimg.errors import ChecksumMismatch
@@ -33,6 +35,7 @@ from fedimg.identity import ImageIdentity
 from fedimg.pipeline import Pipeline
 from fedimg.preflight_aws import aws_rows
 from fedimg.source import sha256_file
+from fedimg.standins.aws import options
 from fedimg.upload import upload_image
 from tests.helpers import ec2, record, served_compose
 from tests.iam.evaluator import evaluate
@@ -124,8 +127,6 @@ def guest(build_dir: Path) -> Iterator[Guest]:
         yield g
 
 
-# botocore's service names where IAM's action prefixes differ.
-IAM_PREFIX = {"service-quotas": "servicequotas"}
 # "No permissions are required to perform this operation" (STS API reference).
 NEEDS_NO_PERMISSION = {"sts:GetCallerIdentity"}
 MANAGED = "fedimg:managed"
@@ -150,11 +151,60 @@ def without_managed_tag(request: dict[str, Any]) -> dict[str, Any] | None:
     return request | {"context": dropped}
 
 
+VMIMPORT_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "vmie.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+def import_settings(s: Settings) -> Settings:
+    """The S3 + ImportSnapshot method on the bucket and prefix iam-policy.json names."""
+    policy = json.loads((ROOT / "iam-policy.json").read_text())
+    s3 = [r for st in policy["Statement"] for r in [st["Resource"]] if "s3:::" in str(r)]
+    bucket, prefix = "fedimg-staging", "fedimg/"
+    assert f"arn:aws:s3:::{bucket}/{prefix}*" in s3 and f"arn:aws:s3:::{bucket}" in s3
+    upload = dataclasses.replace(s.upload, method="import-snapshot", bucket=bucket, prefix=prefix)
+    return dataclasses.replace(s, upload=upload)
+
+
+def import_leftovers(aws: str, s: Settings, identity: ImageIdentity) -> None:
+    """The bucket and role an operator provides; an interrupted multipart upload of the image
+    (the run continues it: ListParts); a killed run's task still active, its staged object and
+    a multipart upload nobody came back for (gc removes them). Made by clients not recorded."""
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=aws)
+    s3.create_bucket(Bucket=s.upload.bucket)
+    boto3.client("iam", region_name="us-east-1", endpoint_url=aws).create_role(
+        RoleName=s.upload.role, AssumeRolePolicyDocument=json.dumps(VMIMPORT_TRUST)
+    )
+    s3.create_multipart_upload(Bucket=s.upload.bucket, Key=object_key(s.upload.prefix, identity))
+    left = f"{s.upload.prefix}left.raw"
+    s3.put_object(Bucket=s.upload.bucket, Key=left, Body=bytes(512), Metadata={META_KEY: "k"})
+    s3.create_multipart_upload(Bucket=s.upload.bucket, Key=f"{s.upload.prefix}half.raw")
+    ec2(aws).import_snapshot(
+        DiskContainer={"Format": "RAW", "UserBucket": {"S3Bucket": s.upload.bucket, "S3Key": left}},
+        TagSpecifications=[
+            {"ResourceType": "import-snapshot-task", "Tags": [{"Key": MANAGED, "Value": "true"}]}
+        ],
+    )
+
+
 def test_iam_policy_lists_exactly_the_actions_of_a_full_run(
-    compose: tuple[str, Path], guest: Guest, settings: Settings, aws: str
+    compose: tuple[str, Path],
+    guest: Guest,
+    settings: Settings,
+    aws: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A run through every path: a failing boot test (console output), a passing run (upload
-    reused, copies, publish), a bad upload (snapshot deleted), gc removing an orphan, and the
+    reused, copies, publish), a bad upload (snapshot deleted), an upload by S3 + ImportSnapshot
+    (a multipart upload continued), a worker's outcome records, gc removing an orphan and the
+    import method's leftovers, prune (and the outcome records of what it removed), and the
     CLI's result table. Also: no AMI was made public before its test had passed."""
     location, xz = compose
     s = dataclasses.replace(
@@ -189,6 +239,15 @@ def test_iam_policy_lists_exactly_the_actions_of_a_full_run(
     bad = ImageIdentity("other.x86_64", "x86_64", "0" * 64)
     with pytest.raises(ChecksumMismatch):
         upload_image(str(xz), bad, s, clients)
+    importing = import_settings(s)
+    imported = ImageIdentity("imported.x86_64", "x86_64", sha256_file(xz))
+    monkeypatch.setenv(options.IMPORT_SECONDS, "3600")  # the killed run's task stays active
+    import_leftovers(aws, importing, imported)
+    monkeypatch.setenv(options.IMPORT_SECONDS, "0.3")
+    assert not upload_image(str(xz), imported, importing, clients).reused
+    nightly = "Fedora-Rawhide-20250101.n.0"  # its AMI is pruned below, and with it its records
+    record_outcome(clients, s.aws.base_region, nightly, imported.key, outcome.images[0])
+    assert recorded_outcomes(clients, s.aws.base_region, nightly)
     ec2(aws).import_key_pair(
         KeyName="orphan",
         PublicKeyMaterial=throwaway_key()[1].encode(),
@@ -205,7 +264,8 @@ def test_iam_policy_lists_exactly_the_actions_of_a_full_run(
     import datetime as dt
 
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-    assert gc_command(s, clients, act=True, as_json=True, now=later) == 0
+    assert gc_command(importing, clients, act=True, as_json=True, now=later) == 0
+    assert rec.count("CancelImportTask") == rec.count("AbortMultipartUpload") == 1
     region_table(outcome, clients)
     aws_rows(s, clients)  # preflight's checks (read-only and dry runs) are part of the policy
     for respin in (0, 1):  # two nightlies of one group: prune removes the older one
@@ -232,7 +292,8 @@ def test_iam_policy_lists_exactly_the_actions_of_a_full_run(
         == 0
     )
 
-    observed = {f"{IAM_PREFIX.get(service, service)}:{op}" for service, op, _ in rec.calls}
+    assert rec.count("DeleteParameters") == 1
+    observed = {c.action for c in access.calls}
     assert observed - NEEDS_NO_PERMISSION == iam_actions()
     assert sha256_file(xz)  # the input was read, never written
 
@@ -257,3 +318,4 @@ def test_iam_policy_lists_exactly_the_actions_of_a_full_run(
     assert let_through == [], "\n".join(map(str, let_through))
     conditioned = {f["action"] for f in foreign}
     assert {"ec2:DeregisterImage", "ec2:ModifyImageAttribute", "ec2:DeleteSnapshot"} <= conditioned
+    assert {"ec2:ImportSnapshot", "ec2:CancelImportTask"} <= conditioned  # the import method

@@ -23,6 +23,19 @@ ACCOUNT = "123456789012"  # moto's account
 PRINCIPAL = f"arn:aws:iam::{ACCOUNT}:user/moto"
 # botocore's service names where IAM's action prefixes differ.
 IAM_PREFIX = {"service-quotas": "servicequotas"}
+# S3 operations whose IAM action has another name (Service Authorization Reference, Amazon S3).
+S3_ACTIONS = {
+    "HeadObject": "GetObject",
+    "CreateMultipartUpload": "PutObject",
+    "UploadPart": "PutObject",
+    "CompleteMultipartUpload": "PutObject",
+    "ListParts": "ListMultipartUploadParts",
+    "ListMultipartUploads": "ListBucketMultipartUploads",
+    "ListObjectsV2": "ListBucket",
+}
+# ImportSnapshot is authorized on the snapshot it will make, whose id nobody knows yet; the
+# evaluator needs a concrete ARN, and the request's tags are what the policy judges.
+SNAPSHOT_TO_BE_IMPORTED = "snap-00000000000000000"
 # EC2 id prefix -> (resource type, whether its ARN carries the account: AMIs and snapshots have
 # none, "arn:aws:ec2:region::image/ami-…").
 EC2_TYPES = {
@@ -35,6 +48,7 @@ EC2_TYPES = {
     "sgr": ("security-group-rule", True),
     "subnet": ("subnet", True),
     "vpc": ("vpc", True),
+    "import": ("import-snapshot-task", True),  # import-snap-…
 }
 
 
@@ -65,6 +79,8 @@ class Call:
 
     @property
     def action(self) -> str:
+        if self.service == "s3":
+            return f"s3:{S3_ACTIONS.get(self.operation, self.operation)}"
         return f"{IAM_PREFIX.get(self.service, self.service)}:{self.operation}"
 
     def request_tags(self) -> dict[str, str]:
@@ -145,6 +161,11 @@ class AccessRecorder:
         tags = tag_dict(pairs[0].get("Tags")) if pairs else {}
         return {key_pair_arn(region, name): tags}
 
+    def _import_task(self, region: str, task_id: str) -> dict[str, dict[str, str]]:
+        tasks = self._ec2(region).describe_import_snapshot_tasks(ImportTaskIds=[task_id])
+        found = tasks["ImportSnapshotTasks"]
+        return {ec2_arn(region, task_id): tag_dict(found[0].get("Tags")) if found else {}}
+
     def _image_snapshots(self, region: str, ami: str) -> list[str]:
         images = self._ec2(region).describe_images(Filters=[{"Name": "image-id", "Values": [ami]}])[
             "Images"
@@ -174,6 +195,8 @@ class AccessRecorder:
             return found | (self._key_pair(region, p["KeyName"]) if "KeyName" in p else {})
         if op == "DeleteKeyPair":
             return self._key_pair(region, p["KeyName"])
+        if op == "CancelImportTask":
+            return self._import_task(region, p["ImportTaskId"])
         if op == "CopyImage":
             return {}  # the source AMI: CopyImage's "image" resource has no ResourceTag key
         ids = [p[k] for k in ("ImageId", "SnapshotId", "GroupId", "InstanceId") if k in p]
@@ -193,6 +216,9 @@ class AccessRecorder:
             return [key_pair_arn(region, p["KeyName"])]
         if op == "CreateSecurityGroup":
             return [ec2_arn(region, parsed["GroupId"])]
+        if op == "ImportSnapshot":
+            task = parsed["ImportTaskId"]
+            return [ec2_arn(region, task), ec2_arn(region, SNAPSHOT_TO_BE_IMPORTED)]
         if op == "AuthorizeSecurityGroupIngress":
             rules = parsed.get("SecurityGroupRules", [])
             return [ec2_arn(region, r["SecurityGroupRuleId"]) for r in rules]
@@ -230,11 +256,19 @@ def _account_resources(call: Call) -> list[str]:
     return []
 
 
-def _non_ec2_resource(call: Call) -> str:
+def _non_ec2_resources(call: Call) -> list[str]:
     p, region = call.params, call.region
     if call.service == "ssm":
-        name = p.get("Name") or p.get("Path", "")
-        return f"arn:aws:ssm:{region}:{ACCOUNT}:parameter/{name.lstrip('/')}"
+        names = p.get("Names") or [p.get("Name") or p.get("Path", "")]
+        return [f"arn:aws:ssm:{region}:{ACCOUNT}:parameter/{n.lstrip('/')}" for n in names]
+    if call.service == "s3":
+        key = f"/{p['Key']}" if "Key" in p else ""
+        return [f"arn:aws:s3:::{p['Bucket']}{key}"]
+    return [_other_resource(call)]
+
+
+def _other_resource(call: Call) -> str:
+    p, region = call.params, call.region
     if call.service == "service-quotas":
         return f"arn:aws:servicequotas:{region}:{ACCOUNT}:{p['ServiceCode']}/{p['QuotaCode']}"
     if call.service == "iam" and "PolicySourceArn" in p:
@@ -249,17 +283,19 @@ def resource_context(tags: dict[str, str], service: str) -> dict[str, str | list
     return context
 
 
-def request_context(tags: dict[str, str]) -> dict[str, str | list[str]]:
-    if not tags:
-        return {}
+def request_context(call: Call) -> dict[str, str | list[str]]:
+    tags = call.request_tags()
     context: dict[str, str | list[str]] = {f"aws:RequestTag/{k}": v for k, v in tags.items()}
-    context["aws:TagKeys"] = sorted(tags)
+    if tags:
+        context["aws:TagKeys"] = sorted(tags)
+    if call.service == "s3" and call.operation == "ListObjectsV2":
+        context["s3:prefix"] = str(call.params.get("Prefix", ""))
     return context
 
 
 def iam_requests(call: Call) -> Iterator[dict[str, Any]]:
     """The requests IAM evaluates for ``call``: {"action", "resource", "context"}."""
-    asked = request_context(call.request_tags())
+    asked = request_context(call)
     for arn, tags in call.existing.items():
         yield {
             "action": call.action,
@@ -269,7 +305,8 @@ def iam_requests(call: Call) -> Iterator[dict[str, Any]]:
     for arn in [*call.created, *_account_resources(call)]:
         yield {"action": call.action, "resource": arn, "context": asked}
     if not call.existing and not call.created:
-        yield {"action": call.action, "resource": _non_ec2_resource(call), "context": asked}
+        for arn in _non_ec2_resources(call):
+            yield {"action": call.action, "resource": arn, "context": asked}
     # Tags given to a creating call are applied by ec2:CreateTags, authorized with
     # ec2:CreateAction naming the call (EC2 User Guide, "Grant permission to tag on creation").
     tagged = call.tagged_on_create()
