@@ -216,6 +216,22 @@ def test_grace_period_keeps_fresh_snapshots_and_running_tests(settings: Settings
     assert found(orphans) == world.uploads
 
 
+def test_a_test_whose_lease_is_renewed_is_kept_however_old(settings: Settings, aws: str) -> None:
+    """A live boot test renews fedimg:lease-until; its instance (and so its key pair and group)
+    stays even past the grace period, and goes once the lease has run out."""
+    run = {"fedimg:role": "test", "fedimg:ami": "ami-1"}
+    until = {"fedimg:lease-until": f"{LATER.timestamp() + 30:.0f}"}
+    key, group, instance = boot_test_resources(aws, "live", managed(**run, **until))
+    clients = Clients(settings.aws)
+    assert found(find_orphans(settings, clients, now=LATER)) == set()
+    expired = LATER + timedelta(minutes=1)
+    assert found(find_orphans(settings, clients, now=expired)) == {
+        ("us-east-1", "instance", instance),
+        ("us-east-1", "key-pair", key),
+        ("us-east-1", "security-group", group),
+    }
+
+
 def test_removing_what_is_already_gone_counts_as_removed(settings: Settings, aws: str) -> None:
     sid = plain_snapshot(aws, managed(key="b", **{"fedimg:state": "uploaded"}))
     clients = Clients(settings.aws)

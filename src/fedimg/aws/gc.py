@@ -40,6 +40,7 @@ from rich.table import Table
 
 from fedimg.aws import gc_import
 from fedimg.aws.clients import Clients, error_code, translate
+from fedimg.aws.snapshot import TAG_LEASE_UNTIL
 from fedimg.aws.wait import wait_until
 from fedimg.config import Settings
 from fedimg.errors import FedimgError
@@ -213,10 +214,18 @@ class _RegionScan:
             if state in GONE_STATES or launched is None:
                 continue
             age = self.now - launched
-            if age > self.grace:
+            if age > self.grace and not self._leased(tags):
                 reason = f"test instance {state} for {_hours(age)}"
                 out.append(self._orphan(INSTANCE, i["InstanceId"], reason, launched))
         return out
+
+    def _leased(self, tags: dict[str, str]) -> bool:
+        """A live run renews its test's lease (testlease.py): its instance is no orphan, however
+        long its waits have made it live."""
+        try:
+            return float(tags.get(TAG_LEASE_UNTIL, 0)) > self.now.timestamp()
+        except ValueError:
+            return False
 
     def _starting_runs(self, keeping: Iterable[Any], key_pairs: Iterable[Any]) -> set[str]:
         """Test runs still under way: a young key pair, or an instance gc keeps."""
