@@ -2,14 +2,17 @@
 
 Stand-ins, named as such: a moto server on a free loopback port for AWS, a local ResultsDB
 stand-in, and the project's own small bootable sample images, x86_64 and aarch64 (built and cached
-in ./build), inside a sample compose served over HTTP on loopback. What is real: the pipeline,
-productmd, QEMU booting the images, SSH checks, and (with ``--broker``) RabbitMQ.
+in ./build), inside two sample composes served over HTTP on loopback: a GA release and, a day
+later, a Rawhide nightly of the same disks. What is real: the pipeline, productmd, QEMU booting the
+images, SSH checks, and (with ``--broker``) RabbitMQ.
 
 Steps: local boot test of each image under QEMU, in every firmware of its arch (x86_64: BIOS and
-UEFI; aarch64: UEFI) → a FINISHED compose message → the consumer → per image: upload, register,
-EC2 boot test (moto cannot boot instances, so the test's SSH goes to a QEMU guest of the image of
-the instance's architecture: aarch64 stands in for the ``t4g`` instance) → copies to every region
-→ publish → a table of the result.
+UEFI; aarch64: UEFI) → per compose, GA then nightly: a FINISHED compose message → the consumer →
+per image: upload, register, EC2 boot test (moto cannot boot instances, so the test's SSH goes to a
+QEMU guest of the image of the instance's architecture: aarch64 stands in for the ``t4g``
+instance; the guests stay up for both composes) → copies to every region → publish → a table of
+the result. Then the lifecycle: ``fedimg prune``'s report (nothing is removed) and the catalog of
+both composes, GA first, written to ``build/demo-catalog``.
 """
 
 from __future__ import annotations
@@ -25,30 +28,45 @@ from typing import TYPE_CHECKING, Any
 import paramiko
 from rich.console import Console
 
+from fedimg import composekind
 from fedimg import config as config_mod
 from fedimg.aws.clients import Clients
 from fedimg.boot.sample import SAMPLE_CHECKS
+from fedimg.composekind import Kind
 from fedimg.config import Settings
-from fedimg.errors import TransientError
+from fedimg.errors import FedimgError, TransientError
 from fedimg.events import Event, fan_out
 from fedimg.identity import AWS_ARCH
 from fedimg.pipeline import ComposeOutcome, Pipeline
 from fedimg.regiontable import region_table
+from fedimg.samplecompose import (
+    SAMPLE_COMPOSE_ID,
+    SAMPLE_NIGHTLY_ID,
+    build_sample_compose,
+    compose_message,
+    parse_compose_id,
+    serve_directory,
+)
 
 if TYPE_CHECKING:
     from fedimg.aws.boottest import SshTarget, TargetResolver
     from fedimg.boot.qemu import Guest
+    from fedimg.catalog import CatalogFiles
     from fedimg.compose import ComposeImage
+    from fedimg.consumer import Consumer
 
 BUILD_DIR = Path("build")
 DEMO_REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2")
 DEMO_ARCHES = ("x86_64", "aarch64")
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"
+# Published in this order: a GA release, then a nightly of the same disks (samplecompose.py).
+DEMO_COMPOSES = (SAMPLE_COMPOSE_ID, SAMPLE_NIGHTLY_ID)
 
 
-def demo_settings(base: Settings, moto_url: str, resultsdb_url: str, compose_url: str) -> Settings:
-    """``base`` pointed at the stand-ins, trusting the sample compose's loopback server, the boot
-    test's SSH coming from loopback (to the QEMU guest)."""
+def demo_settings(base: Settings, moto_url: str, resultsdb_url: str, compose_root: str) -> Settings:
+    """``base`` pointed at the stand-ins, trusting the sample composes' loopback server (every
+    compose under ``compose_root``), the boot test's SSH coming from loopback (to the QEMU
+    guest)."""
     return dataclasses.replace(
         base,
         aws=dataclasses.replace(
@@ -72,25 +90,36 @@ def demo_settings(base: Settings, moto_url: str, resultsdb_url: str, compose_url
         compose=dataclasses.replace(
             base.compose,
             arches=DEMO_ARCHES,
-            trusted_locations=(*base.compose.trusted_locations, compose_url),
+            trusted_locations=(*base.compose.trusted_locations, compose_root),
         ),
+    )
+
+
+def build_demo_composes(tree: Path, disks: Mapping[str, Path]) -> dict[str, Path]:
+    """The demo's composes under ``tree``, in the order they are published: compose id → its
+    location. The nightly holds the same disks: its own image names make its own AMIs."""
+    return {cid: build_sample_compose(tree, disks, compose_id=cid) for cid in DEMO_COMPOSES}
+
+
+def kind_of(compose_id: str) -> Kind:
+    """What fedimg makes of a sample compose's metadata (its type and label)."""
+    cid = parse_compose_id(compose_id)
+    return composekind.classify(
+        compose_id,
+        compose_type=cid.compose_type,
+        label=cid.label,
+        release_version=cid.release_version,
     )
 
 
 def run_demo(
     config_path: str | None = None, *, broker: str | None = None, build_dir: Path = BUILD_DIR
-) -> ComposeOutcome:
+) -> list[ComposeOutcome]:
+    """The demo; returns the outcome of each compose, in the order published."""
     from fedimg.aws.boottest import Ec2BootTester
     from fedimg.boot.sample import sample_image, sample_image_xz
-    from fedimg.catalog import refresh_catalog
     from fedimg.consumer import Consumer
     from fedimg.report import ResultsReporter, results_command
-    from fedimg.samplecompose import (
-        SAMPLE_COMPOSE_ID,
-        build_sample_compose,
-        compose_message,
-        serve_directory,
-    )
     from fedimg.standins.moto import moto_in_process
     from fedimg.standins.resultsdb import resultsdb_standin
 
@@ -100,7 +129,8 @@ def run_demo(
     console.print("building (or reusing) the sample bootable images in build/ …")
     raws = {arch: sample_image(build_dir, arch) for arch in DEMO_ARCHES}
     tree = build_dir / "demo"
-    location = build_sample_compose(tree, {a: sample_image_xz(build_dir, a) for a in DEMO_ARCHES})
+    disks = {arch: sample_image_xz(build_dir, arch) for arch in DEMO_ARCHES}
+    locations = build_demo_composes(tree, disks)
 
     with (
         moto_in_process() as moto_url,
@@ -109,15 +139,15 @@ def run_demo(
     ):
         console.print(f"AWS stand-in (moto): {moto_url}")
         console.print(f"ResultsDB stand-in:  {resultsdb_url}")
-        compose_url = f"{http}/{location.relative_to(tree).as_posix()}"
-        console.print(f"sample compose:      {compose_url}")
-        settings = demo_settings(config_mod.load(config_path), moto_url, resultsdb_url, compose_url)
+        urls = {cid: f"{http}/{loc.relative_to(tree).as_posix()}" for cid, loc in locations.items()}
+        for cid, url in urls.items():
+            console.print(f"sample compose ({kind_of(cid)}): {url}")
+        settings = demo_settings(config_mod.load(config_path), moto_url, resultsdb_url, http)
         reporter = ResultsReporter(settings.resultsdb)
 
         console.rule("local boot test (QEMU)")
-        _local_boot_tests(console, raws, compose_url, settings, reporter)
+        _local_boot_tests(console, raws, urls[SAMPLE_COMPOSE_ID], settings, reporter)
 
-        console.rule("the compose pipeline")
         clients = Clients(settings.aws)
         with stand_in_guests(raws, settings) as guests:
             for arch, guest in guests.items():
@@ -130,20 +160,54 @@ def run_demo(
                 tester=Ec2BootTester(settings, clients, resolve=to_guest_of_arch(guests)),
                 reporter=reporter,
             )
-            consumer = Consumer(settings, pipeline)
-            body = compose_message(SAMPLE_COMPOSE_ID, compose_url)
-            for message in _messages(body, broker, console):
-                consumer(message)
-        (outcome,) = consumer.outcomes
+            outcomes = publish_composes(
+                console, Consumer(settings, pipeline), clients, urls, broker
+            )
 
-        console.rule("result")
-        console.print(region_table(outcome, clients))
         console.rule("ResultsDB")
         results_command(resultsdb_url, SAMPLE_COMPOSE_ID, as_json=False, console=console)
-        console.rule("catalog")
-        files = refresh_catalog(settings, clients, build_dir / "demo-catalog")
-        console.print(f"{files.entries} AMIs: {files.html_path} and {files.json_path}")
-    return outcome
+        show_lifecycle(console, settings, clients, build_dir / "demo-catalog")
+    return outcomes
+
+
+def publish_composes(
+    console: Console,
+    consumer: Consumer,
+    clients: Clients,
+    urls: Mapping[str, str],
+    broker: str | None = None,
+) -> list[ComposeOutcome]:
+    """Feeds each compose's FINISHED message to ``consumer``, in order, and prints the table
+    image x region of each."""
+    outcomes = []
+    for compose_id, url in urls.items():
+        console.rule(f"the compose pipeline: {compose_id} ({kind_of(compose_id)})")
+        for message in _messages(compose_message(compose_id, url), broker, console):
+            consumer(message)
+        outcome = consumer.outcomes[-1] if consumer.outcomes else None
+        if outcome is None or outcome.compose_id != compose_id:
+            raise FedimgError(f"compose {compose_id}: the consumer did not run it (see the log)")
+        console.print(region_table(outcome, clients))
+        outcomes.append(outcome)
+    return outcomes
+
+
+def show_lifecycle(
+    console: Console, settings: Settings, clients: Clients, catalog_dir: Path
+) -> CatalogFiles:
+    """After publishing: what ``fedimg prune`` would do (report only: nothing is removed), then
+    the catalog read from AWS (``fedimg list``'s table), written to ``catalog_dir``."""
+    from fedimg.aws.prune import prune_command
+    from fedimg.catalog import list_table, read_catalog, write_catalog
+
+    console.rule("retention: fedimg prune (report only)")
+    prune_command(settings, clients, act=False, as_json=False, console=console)
+    console.rule("catalog")
+    entries = read_catalog(settings, clients)
+    console.print(list_table(entries, console.width))
+    files = write_catalog(entries, catalog_dir)
+    console.print(f"{files.entries} AMIs: {files.html_path} and {files.json_path}")
+    return files
 
 
 def guest_firmware(settings: Settings, arch: str) -> str:
@@ -173,7 +237,6 @@ def to_guest_of_arch(guests: Mapping[str, Guest]) -> TargetResolver:
     """The boot test's SSH target for an instance: the guest of the instance's architecture, as
     DescribeInstances names it (arm64 → the aarch64 guest)."""
     from fedimg.aws.boottest import SshTarget
-    from fedimg.errors import TransientError
 
     by_aws_arch = {AWS_ARCH[arch]: guest for arch, guest in guests.items()}
 

@@ -27,6 +27,8 @@ import productmd.composeinfo
 import productmd.images
 
 SAMPLE_COMPOSE_ID = "Fedora-Cloud-99-20261127.0"
+# A later compose of the same disks: a Rawhide nightly (no label), as the demo publishes second.
+SAMPLE_NIGHTLY_ID = "Fedora-Cloud-Rawhide-20261128.n.0"
 RELEASE_NAME = "Fedora-Cloud"
 # Release short name, version, date, optional type suffix (.n, .t, .ci, .d), respin.
 _COMPOSE_ID_RE = re.compile(
@@ -46,12 +48,15 @@ class ComposeId:
 
     @property
     def label(self) -> str:
-        return f"RC-{self.date}.{self.respin}"
+        """productmd's label: production composes are labelled as Cloud SIG composes are
+        (``RC-<date>.<respin>``, a GA milestone); other types have none ("")."""
+        return f"RC-{self.date}.{self.respin}" if self.compose_type == "production" else ""
 
     @property
     def image_version(self) -> str:
-        """The version part of image file names: ``99-20261127.0``."""
-        return f"{self.release_version}-{self.date}.{self.respin}"
+        """The version part of image file names, as pungi makes it: ``99-20261127.0``,
+        ``Rawhide-20261128.n.0`` (a nightly keeps its ``.n``)."""
+        return self.compose_id.removeprefix(f"{self.release_short}-")
 
 
 def parse_compose_id(compose_id: str) -> ComposeId:
@@ -169,7 +174,7 @@ def _set_compose(compose: Any, cid: ComposeId) -> None:
 def _composeinfo(cid: ComposeId, arches: tuple[str, ...]) -> Any:
     info = productmd.composeinfo.ComposeInfo()
     _set_compose(info.compose, cid)
-    info.compose.label = cid.label
+    info.compose.label = cid.label or None
     info.release.name = RELEASE_NAME
     info.release.short = cid.release_short
     info.release.version = cid.release_version
@@ -242,7 +247,7 @@ def compose_message(compose_id: str, location: str, status: str = "FINISHED") ->
         "compose_date": cid.date,
         "compose_type": cid.compose_type,
         "compose_respin": cid.respin,
-        "compose_label": cid.label,
+        "compose_label": cid.label or None,  # pungi sends null for an unlabelled compose
         "compose_path": location.rstrip("/").removesuffix("/compose"),
         "location": location,
         "release_short": cid.release_short,
