@@ -16,6 +16,7 @@ from fedimg.compose import discover
 from fedimg.config import ComposeSettings
 from fedimg.samplecompose import (
     SAMPLE_COMPOSE_ID,
+    SAMPLE_NIGHTLY_ID,
     build_sample_compose,
     compose_message,
     parse_compose_id,
@@ -151,6 +152,28 @@ def test_other_compose_id_names_the_images(tmp_path: Path, image_xz: Path) -> No
         2,
     )
     assert images[0].image_name == "Fedora-Cloud-Base-AmazonEC2-43-20251101.2.x86_64"
+
+
+def test_a_nightly_compose_is_unlabelled_and_keeps_its_type_in_image_names(
+    tmp_path: Path, image_xz: Path
+) -> None:
+    location = build_sample_compose(tmp_path, image_xz, compose_id=SAMPLE_NIGHTLY_ID)
+
+    pmd = productmd.compose.Compose(str(location))
+    info, images = discover(str(location), ComposeSettings())
+    body = compose_message(SAMPLE_NIGHTLY_ID, "http://127.0.0.1:1/x/compose")
+
+    assert (pmd.info.compose.type, pmd.info.compose.label) == ("nightly", None)
+    assert (info.compose_id, info.release_version, info.label) == (SAMPLE_NIGHTLY_ID, "Rawhide", "")
+    assert images[0].image_name == "Fedora-Cloud-Base-AmazonEC2-Rawhide-20261128.n.0.x86_64"
+    assert images[0].path.endswith(
+        "/Fedora-Cloud-Base-AmazonEC2-Rawhide-20261128.n.0.x86_64.raw.xz"
+    )
+    assert (body["compose_type"], body["compose_label"], body["release_version"]) == (
+        "nightly",
+        None,
+        "Rawhide",
+    )
 
 
 def test_serve_directory_serves_the_tree_until_closed(tmp_path: Path, image_xz: Path) -> None:

@@ -33,7 +33,7 @@ from fedimg import config as config_mod
 from fedimg.aws.clients import Clients
 from fedimg.boot.sample import SAMPLE_CHECKS
 from fedimg.composekind import Kind
-from fedimg.config import Settings
+from fedimg.config import RetentionSettings, Settings
 from fedimg.errors import FedimgError, TransientError
 from fedimg.events import Event, fan_out
 from fedimg.identity import AWS_ARCH
@@ -201,6 +201,7 @@ def show_lifecycle(
     from fedimg.catalog import list_table, read_catalog, write_catalog
 
     console.rule("retention: fedimg prune (report only)")
+    console.print(retention_summary(settings.retention), highlight=False)
     prune_command(settings, clients, act=False, as_json=False, console=console)
     console.rule("catalog")
     entries = read_catalog(settings, clients)
@@ -208,6 +209,17 @@ def show_lifecycle(
     files = write_catalog(entries, catalog_dir)
     console.print(f"{files.entries} AMIs: {files.html_path} and {files.json_path}")
     return files
+
+
+def retention_summary(retention: RetentionSettings) -> str:
+    """The policy prune applies (prune_policy.py), in one line with the configured numbers."""
+    ga = "GA kept for ever" + (" (protected from deregistration)" if retention.protect_ga else "")
+    return (
+        f"policy: {ga}; pre-releases {retention.prerelease_days_after_ga} days after their "
+        f"release's GA; nightlies {retention.nightly_days} days; always the newest "
+        f"{retention.keep_newest} composes of each release, subvariant and arch, and any AMI "
+        'an SSM "latest" parameter names'
+    )
 
 
 def guest_firmware(settings: Settings, arch: str) -> str:
