@@ -91,6 +91,9 @@ def test_before_copies() -> Iterator[None]:
         location: str, identity: Any, settings: Any, clients: Any, *, sink: Sink
     ) -> Any:
         uploaded = upload(location, identity, settings, clients, sink=sink)
+        # The pipeline's own "upload completed" comes after this returns; the timeline keeps
+        # the first end of a stage.
+        sink(Event("upload", "completed", identity.image_name, uploaded.region))
         sink(Event("test", "started", identity.image_name, uploaded.region))
         modelled_test(TestSubject(identity, uploaded.ami, uploaded.region))
         sink(Event("test", "completed", identity.image_name, uploaded.region))

@@ -23,6 +23,7 @@ EVENTS = [
     (25.0, Event("copy", "completed", X86, "eu-west-1")),
     (40.0, Event("copy", "completed", X86, "us-west-2")),
     (40.0, Event("publish", "completed", X86, "")),
+    (41.0, Event("publish", "completed", X86, "")),  # a second end: ignored
 ]
 
 

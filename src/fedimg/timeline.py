@@ -54,16 +54,20 @@ class TimelineRecorder:
 
 
 def spans(events: Iterable[tuple[float, Event]]) -> list[Span]:
-    """Each started stage with its end; a stage that never ended is left out, and an end with no
-    start (a stage that failed before announcing itself) is a span of no length."""
+    """Each started stage with its end; a stage that never ended is left out, an end with no
+    start (a stage that failed before announcing itself) is a span of no length, and a second end
+    of a stage that has ended is ignored."""
     open_: dict[tuple[str, str, str], float] = {}
+    ended: set[tuple[str, str, str]] = set()
     result = []
     for at, e in sorted(events, key=lambda pair: pair[0]):
         key = (e.image, e.stage, e.region if e.stage == "copy" else "")
         if e.status == STARTED:
             open_[key] = at
-        else:
+            ended.discard(key)
+        elif key in open_ or key not in ended:
             start = open_.pop(key, at)
+            ended.add(key)
             result.append(Span(key[0], key[1], key[2], start, at, e.status == STAGE_FAILED))
     return result
 
@@ -119,10 +123,17 @@ def draw(all_spans: list[Span], path: Path, title: str, seconds_per_unit: float 
         ax.invert_yaxis()
         unit = "s" if seconds_per_unit == 1.0 else "AWS s"
         ax.set_xlabel(f"time since the first event ({unit})")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, loc="left")
         ax.grid(axis="x", linewidth=0.3)
         handles = [Patch(color=c, label=stage) for stage, c in COLOURS.items()]
-        ax.legend(handles=handles, fontsize=7, loc="lower right")
+        ax.legend(
+            handles=handles,
+            fontsize=7,
+            ncol=len(handles),
+            loc="lower right",
+            bbox_to_anchor=(1.0, 1.0),
+            frameon=False,
+        )
         fig.tight_layout()
         fig.savefig(path, dpi=110)
     finally:
