@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import threading
+import time
 from typing import Any
 
 import boto3
@@ -222,3 +224,45 @@ def test_snapshot_block_public_access_refuses_public_snapshots(
     # without public snapshots the same account publishes the AMI
     publish_image(settings, clients_of(settings), IDENTITY, REGION, ami)
     assert launch_permissions(aws, ami) == [{"Group": "all"}]
+
+
+def test_an_older_compose_published_alongside_a_newer_one_leaves_the_newer_as_latest(
+    settings: Settings, aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two composes of one release published at once (two workers): the older run's write is
+    overtaken by the newer one's while AWS validates it; the older run accepts that instead of
+    waiting for its own value until its deadline, and "latest" names the newer AMI."""
+    monkeypatch.setattr(publish, "SSM_CONFIRM_SECONDS", 10.0)
+    monkeypatch.setenv(SSM_VALIDATION_DELAY, "1.0")
+    old_id = dataclasses.replace(IDENTITY, compose_id="Fedora-41-20250101.0")
+    new_id = dataclasses.replace(IDENTITY, sha256="cd" * 32, compose_id="Fedora-41-20250102.0")
+    older = registered(settings, aws, old_id)
+    renamed = dataclasses.replace(settings.image, name_template="{image_name}-2")
+    newer = registered(dataclasses.replace(settings, image=renamed), aws, new_id)
+    clients = clients_of(settings)
+    outcome: list[BaseException | str] = []
+    older_written = threading.Event()
+    clients.ssm(REGION).meta.events.register(
+        "after-call.ssm.PutParameter", lambda **_: older_written.set()
+    )
+
+    def publish_older() -> None:
+        try:
+            outcome.append(
+                publish._update_latest(
+                    clients.ssm(REGION), clients.ec2(REGION), settings, old_id, older, REGION
+                )
+            )
+        except BaseException as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=publish_older)
+    thread.start()
+    assert older_written.wait(10)  # the newer run writes while AWS still validates the older's
+    boto3.client("ssm", region_name=REGION, endpoint_url=aws).put_parameter(
+        Name=LATEST, Value=newer, Type="String", DataType="aws:ec2:image", Overwrite=True
+    )
+    thread.join(timeout=30)
+    assert outcome == [LATEST]
+    time.sleep(1.1)
+    assert latest(aws) == newer

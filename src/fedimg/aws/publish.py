@@ -274,10 +274,20 @@ def _update_latest(
         log.info("%s: %s already names a newer compose's AMI %s", ami, name, current)
         return name
     ssm.put_parameter(Name=name, Value=ami, Type="String", DataType="aws:ec2:image", Overwrite=True)
+
+    def settled() -> str:
+        """``ami`` once AWS holds it, or once a newer compose's run has written its own AMI since
+        (two composes of one release published at once: the newer one stays)."""
+        value = _parameter_value(ssm, name)
+        if value and value != ami and is_newer(_compose_of(ec2, value), identity.compose_id):
+            log.info("%s: %s now names a newer compose's AMI %s", ami, name, value)
+            return ami
+        return value
+
     try:
         wait_until(
             f"SSM parameter {name}",
-            lambda: _parameter_value(ssm, name),
+            settled,
             done=ami,
             failed=(),
             deadline_s=SSM_CONFIRM_SECONDS,
