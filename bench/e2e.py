@@ -47,11 +47,11 @@ from fedimg.aws.clients import Clients  # noqa: E402
 from fedimg.config import Settings, validate  # noqa: E402
 from fedimg.events import Event, Sink  # noqa: E402
 from fedimg.pipeline import PASSED, Pipeline, TestSubject, TestVerdict  # noqa: E402
-from fedimg.samplecompose import build_sample_compose, serve_directory  # noqa: E402
 from fedimg.source import BLOCK_SIZE  # noqa: E402
 from fedimg.standins.aws import options, timing  # noqa: E402
 from fedimg.standins.moto import moto_subprocess, reset  # noqa: E402
-from fedimg.synthetic import write_sparse_image  # noqa: E402
+from fedimg.standins.samplecompose import build_sample_compose, serve_directory  # noqa: E402
+from fedimg.standins.synthetic import write_sparse_image  # noqa: E402
 from fedimg.timeline import TimelineRecorder, draw, spans  # noqa: E402
 
 OUT = ROOT / "bench" / "out"

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from fedimg.aws.clients import Clients  # noqa: E402
 from fedimg.config import Settings, validate  # noqa: E402
 from fedimg.pipeline import Pipeline  # noqa: E402
-from fedimg.samplecompose import build_sample_compose, serve_directory  # noqa: E402
 from fedimg.source import BLOCK_SIZE  # noqa: E402
 from fedimg.standins.moto import moto_subprocess, reset  # noqa: E402
-from fedimg.synthetic import write_sparse_image  # noqa: E402
+from fedimg.standins.samplecompose import build_sample_compose, serve_directory  # noqa: E402
+from fedimg.standins.synthetic import write_sparse_image  # noqa: E402
 
 REGIONS = [
     "us-east-1",

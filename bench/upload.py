@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from fedimg import xzblocks  # noqa: E402
 from fedimg.source import BLOCK_SIZE, ImageSource, sha256_file  # noqa: E402
 from fedimg.standins.moto import moto_subprocess, reset  # noqa: E402
-from fedimg.synthetic import nonzero_block, write_sparse_image  # noqa: E402
+from fedimg.standins.synthetic import nonzero_block, write_sparse_image  # noqa: E402
 
 GIB = 1024**3
 
@@ -199,6 +199,12 @@ def main() -> None:
     ap.add_argument("--nonzero", type=float, default=0.25, help="share of non-zero blocks")
     ap.add_argument("--workers", type=int, default=48, help="fedimg upload workers")
     ap.add_argument("--skip-naive", action="store_true", help="skip the (slow) naive uploader")
+    ap.add_argument(
+        "--methods",
+        action="store_true",
+        help="also upload the same image by each method, EBS direct and S3 + ImportSnapshot\n"
+        "(bench/upload_methods.py: wall time, bytes sent, requests, peak memory)",
+    )
     args = ap.parse_args()
 
     size = parse_size(args.size)
@@ -232,7 +238,19 @@ def main() -> None:
         "decompress_threads": xz_facts(xz)[1],
         "multi_block": multi_block,
     }
+    if args.methods:
+        result["methods"] = both_methods(xz)
     print(json.dumps(result))
+
+
+def both_methods(xz: Path) -> dict[str, object]:
+    """The same image through each upload method, on a fresh stand-in (see upload_methods.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import upload_methods
+
+    os.environ["FEDIMG_STANDIN_IMPORT_SECONDS"] = "0"  # AWS's import time is not modelled
+    with moto_subprocess() as url:
+        return {m: upload_methods.measure(m, url, xz) for m in upload_methods.METHODS}
 
 
 def decode_only(xz: Path, threads: int | None) -> float:

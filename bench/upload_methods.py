@@ -32,7 +32,7 @@ import boto3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from fedimg.synthetic import write_sparse_image  # noqa: E402
+from fedimg.standins.synthetic import write_sparse_image  # noqa: E402
 
 METHODS = ("ebs-direct", "import-snapshot")
 BUCKET = "fedimg-bench"

@@ -38,10 +38,10 @@ from fedimg.config import Settings, from_dict  # noqa: E402
 from fedimg.delivery import settings_from_consumer_config  # noqa: E402
 from fedimg.events import log_sink  # noqa: E402
 from fedimg.pipeline import Pipeline, identity_of  # noqa: E402
-from fedimg.samplecompose import build_sample_compose, serve_directory  # noqa: E402
 from fedimg.standins.aws import options  # noqa: E402
 from fedimg.standins.moto import moto_subprocess, reset  # noqa: E402
-from fedimg.synthetic import write_sparse_image  # noqa: E402
+from fedimg.standins.samplecompose import build_sample_compose, serve_directory  # noqa: E402
+from fedimg.standins.synthetic import write_sparse_image  # noqa: E402
 from fedimg.worker import Worker  # noqa: E402
 from fedimg.workqueue import WorkPublisher, work_for, work_queue_arguments  # noqa: E402
 

@@ -15,9 +15,9 @@ from typing import Any
 import boto3
 
 from fedimg.config import Settings
-from fedimg.samplecompose import build_sample_compose, serve_directory
 from fedimg.source import BLOCK_SIZE
-from fedimg.synthetic import write_sparse_image
+from fedimg.standins.samplecompose import build_sample_compose, serve_directory
+from fedimg.standins.synthetic import write_sparse_image
 
 
 @dataclass

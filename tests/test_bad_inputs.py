@@ -28,8 +28,8 @@ from fedimg.aws.clients import Clients
 from fedimg.config import Settings
 from fedimg.consumer import Consumer
 from fedimg.pipeline import Pipeline
-from fedimg.samplecompose import SAMPLE_COMPOSE_ID, build_sample_compose, compose_message
 from fedimg.source import BLOCK_SIZE
+from fedimg.standins.samplecompose import SAMPLE_COMPOSE_ID, build_sample_compose, compose_message
 from tests.helpers import ec2, synthetic_xz, trusting
 
 TOPIC = "org.fedoraproject.prod.pungi.compose.status.change"

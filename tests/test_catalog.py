@@ -33,7 +33,7 @@ from fedimg.consumer import Consumer
 from fedimg.errors import InputError
 from fedimg.identity import TAG_MANAGED
 from fedimg.pipeline import ComposeOutcome, ImageOutcome, Pipeline
-from fedimg.samplecompose import SAMPLE_COMPOSE_ID, compose_message
+from fedimg.standins.samplecompose import SAMPLE_COMPOSE_ID, compose_message
 from tests.catalog_world import (
     PUBLISHED,
     REGIONS,

@@ -21,7 +21,7 @@ import pytest
 from fedimg.aws.clients import Clients
 from fedimg.catalog import read_catalog, write_catalog
 from fedimg.identity import TAG_MANAGED
-from fedimg.samplecompose import serve_directory
+from fedimg.standins.samplecompose import serve_directory
 from tests.catalog_world import REGIONS, CatalogWorld, make_world
 from tests.helpers import ec2
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from fedimg.boot.sample import corrupt_variants, sample_image_xz
 from fedimg.cli import STANDINS_EXTRA, main
-from fedimg.samplecompose import serve_directory
+from fedimg.standins.samplecompose import serve_directory
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "composes"
 DRY_RUN_KEYS = {"path", "arch", "subvariant", "type", "sha256", "size"}

@@ -21,7 +21,7 @@ from fedimg import compose
 from fedimg.compose import ComposeImage, discover, dry_run
 from fedimg.config import ComposeSettings
 from fedimg.errors import InputError, TransientError
-from fedimg.samplecompose import serve_directory
+from fedimg.standins.samplecompose import serve_directory
 
 FIXTURES = Path(__file__).parent / "fixtures" / "composes"
 F41 = "Fedora-41-20241024.0"

@@ -22,11 +22,11 @@ from fedimg.consumer import Consumer, parse_compose_message
 from fedimg.delivery import backoff, requeue_pause_from_config, settings_from_consumer_config
 from fedimg.errors import ConfigError, InputError, TransientError
 from fedimg.pipeline import Pipeline
-from fedimg.samplecompose import (
+from fedimg.standins.moto import free_port
+from fedimg.standins.samplecompose import (
     SAMPLE_COMPOSE_ID,
     compose_message,
 )
-from fedimg.standins.moto import free_port
 from fedimg.wiring import build_pipeline
 from tests.helpers import ec2, served_compose, trusting
 

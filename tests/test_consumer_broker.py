@@ -26,8 +26,8 @@ import pytest
 from fedimg.aws.clients import Clients
 from fedimg.completion import recorded_outcomes
 from fedimg.config import Settings
-from fedimg.samplecompose import SAMPLE_COMPOSE_ID, compose_message
 from fedimg.standins.moto import free_port, reset
+from fedimg.standins.samplecompose import SAMPLE_COMPOSE_ID, compose_message
 from tests.helpers import ec2, served_compose
 from tests.services import (
     HttpGate,

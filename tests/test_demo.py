@@ -35,7 +35,7 @@ from fedimg.demo import (
 )
 from fedimg.errors import TransientError
 from fedimg.pipeline import Pipeline, identity_of
-from fedimg.samplecompose import (
+from fedimg.standins.samplecompose import (
     SAMPLE_COMPOSE_ID,
     SAMPLE_NIGHTLY_ID,
     build_sample_compose,

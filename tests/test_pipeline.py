@@ -26,7 +26,7 @@ from fedimg.config import Settings
 from fedimg.events import Event
 from fedimg.identity import tags_of
 from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, Pipeline, TestSubject, TestVerdict
-from fedimg.samplecompose import build_sample_compose
+from fedimg.standins.samplecompose import build_sample_compose
 from tests.helpers import Recorder, ec2, record, served_compose, synthetic_xz
 
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")

@@ -31,10 +31,10 @@ from fedimg.preflight_aws import (
 from fedimg.preflight_dryruns import DRY_RUNS, ON_EXISTING
 from fedimg.preflight_network import network_row
 from fedimg.preflight_services import service_rows
-from fedimg.samplecompose import serve_directory
 from fedimg.standins.aws import options
 from fedimg.standins.moto import free_port
 from fedimg.standins.resultsdb import resultsdb_standin
+from fedimg.standins.samplecompose import serve_directory
 from tests.helpers import ec2, record
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ import pytest
 
 from fedimg.errors import ChecksumMismatch, ImageTooLarge, InputError
 from fedimg.source import BLOCK_SIZE, ImageSource, image_name_of, sha256_file
-from fedimg.synthetic import write_sparse_image
+from fedimg.standins.synthetic import write_sparse_image
 
 SIZE = 6 * BLOCK_SIZE + 3 * 512  # not a whole number of blocks: the last one is padded
 

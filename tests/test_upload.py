@@ -22,9 +22,9 @@ from fedimg.aws.clients import Clients
 from fedimg.config import Settings
 from fedimg.errors import InputError
 from fedimg.identity import ImageIdentity
-from fedimg.samplecompose import serve_directory
 from fedimg.source import BLOCK_SIZE, sha256_file
-from fedimg.synthetic import write_sparse_image
+from fedimg.standins.samplecompose import serve_directory
+from fedimg.standins.synthetic import write_sparse_image
 from fedimg.upload import content_sha256, upload_image
 from tests.helpers import ec2
 

@@ -20,7 +20,7 @@ from fedimg.compose import discover
 from fedimg.config import Settings
 from fedimg.errors import InputError
 from fedimg.pipeline import Pipeline, identity_of
-from fedimg.samplecompose import SAMPLE_COMPOSE_ID
+from fedimg.standins.samplecompose import SAMPLE_COMPOSE_ID
 from fedimg.worker import Worker
 from fedimg.workqueue import ImageWork, parse_work_message, work_for
 from tests.helpers import served_compose, trusting

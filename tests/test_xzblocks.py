@@ -10,7 +10,7 @@ import pytest
 from fedimg import xzblocks
 from fedimg.errors import InputError
 from fedimg.source import BLOCK_SIZE, ImageSource, sha256_file
-from fedimg.synthetic import write_sparse_image
+from fedimg.standins.synthetic import write_sparse_image
 
 SIZE = 24 * BLOCK_SIZE + 3 * 512  # the last 512 KiB block is partial
 MiB = 1024**2

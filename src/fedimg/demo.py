@@ -39,7 +39,7 @@ from fedimg.events import Event, fan_out
 from fedimg.identity import AWS_ARCH
 from fedimg.pipeline import ComposeOutcome, Pipeline
 from fedimg.regiontable import region_table
-from fedimg.samplecompose import (
+from fedimg.standins.samplecompose import (
     SAMPLE_COMPOSE_ID,
     SAMPLE_NIGHTLY_ID,
     build_sample_compose,

@@ -28,9 +28,9 @@ from fedimg.errors import ConfigError
 from fedimg.identity import ImageIdentity
 from fedimg.pipeline import FAILED, NEEDS_INSPECTION, PASSED, Pipeline, TestSubject
 from fedimg.report import ResultsReporter, fetch_results
-from fedimg.samplecompose import build_sample_compose, serve_directory
 from fedimg.standins.moto import free_port
 from fedimg.standins.resultsdb import resultsdb_standin
+from fedimg.standins.samplecompose import build_sample_compose, serve_directory
 from tests.helpers import Recorder, ec2, record
 
 CHECKS = (

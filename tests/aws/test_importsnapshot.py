@@ -24,7 +24,7 @@ from fedimg.errors import AwsError, TransientError
 from fedimg.identity import TAG_STATE, ImageIdentity, tags_of
 from fedimg.source import BLOCK_SIZE, ImageSource, sha256_file
 from fedimg.standins.aws import options
-from fedimg.synthetic import write_sparse_image
+from fedimg.standins.synthetic import write_sparse_image
 from tests.helpers import Recorder, ebs, ec2, record
 
 BUCKET = "fedimg-staging"

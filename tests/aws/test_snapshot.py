@@ -19,7 +19,7 @@ from fedimg.config import Settings
 from fedimg.errors import AwsError, ChecksumMismatch, InputError
 from fedimg.identity import TAG_KEY, ImageIdentity
 from fedimg.source import BLOCK_SIZE, ImageSource, sha256_file
-from fedimg.synthetic import write_sparse_image
+from fedimg.standins.synthetic import write_sparse_image
 from tests.helpers import Recorder, ebs, ec2, record
 
 SIZE = 40 * BLOCK_SIZE + 512

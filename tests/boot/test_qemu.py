@@ -247,7 +247,7 @@ def test_truncated_xz_is_an_input_error_and_leaves_nothing_behind(
 def test_an_image_url_is_downloaded_decompressed_and_removed_after(
     image: Path, build_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedimg.samplecompose import serve_directory
+    from fedimg.standins.samplecompose import serve_directory
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     xz = sample.sample_image_xz(build_dir)

@@ -14,7 +14,7 @@ import requests
 
 from fedimg.compose import discover
 from fedimg.config import ComposeSettings
-from fedimg.samplecompose import (
+from fedimg.standins.samplecompose import (
     SAMPLE_COMPOSE_ID,
     SAMPLE_NIGHTLY_ID,
     build_sample_compose,
