@@ -1,4 +1,6 @@
-"""The stages in order, per image: upload → register → test → copy to every region → publish.
+"""The stages in order, per image: upload → register → copies to every region start, and run
+while the image is tested → publish, each region as soon as its copy is ready (a failed test
+removes the copies instead).
 
 Images of one compose run concurrently, and so do the regions of one image. One image's failure
 does not stop the others; the compose ends with a summary event. Every stage is idempotent (it
