@@ -36,16 +36,6 @@ from fedimg.standins.synthetic import write_sparse_image  # noqa: E402
 
 METHODS = ("ebs-direct", "import-snapshot")
 BUCKET = "fedimg-bench"
-TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "vmie.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
 
 
 def image(size: int, fraction: float) -> Path:
@@ -105,12 +95,14 @@ def child(method: str, url: str, xz: str) -> None:
 
 
 def measure(method: str, url: str, xz: Path) -> dict[str, Any]:
+    # Imported here: the child processes that are measured must not load moto.
+    from fedimg.standins.aws.ec2_import import VMIMPORT_TRUST
     from fedimg.standins.moto import reset
 
     reset(url)
     boto3.client("s3", region_name="us-east-1", endpoint_url=url).create_bucket(Bucket=BUCKET)
     boto3.client("iam", region_name="us-east-1", endpoint_url=url).create_role(
-        RoleName="vmimport", AssumeRolePolicyDocument=json.dumps(TRUST)
+        RoleName="vmimport", AssumeRolePolicyDocument=json.dumps(VMIMPORT_TRUST)
     )
     proc = subprocess.Popen(
         [sys.executable, __file__, "--child", method, url, str(xz)], stdout=subprocess.PIPE

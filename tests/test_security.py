@@ -36,6 +36,7 @@ from fedimg.pipeline import Pipeline
 from fedimg.preflight_aws import aws_rows
 from fedimg.source import sha256_file
 from fedimg.standins.aws import options
+from fedimg.standins.aws.ec2_import import VMIMPORT_TRUST
 from fedimg.upload import upload_image
 from tests.helpers import ec2, record, served_compose
 from tests.iam.evaluator import evaluate
@@ -149,18 +150,6 @@ def without_managed_tag(request: dict[str, Any]) -> dict[str, Any] | None:
     if len(dropped) == len(context):
         return None
     return request | {"context": dropped}
-
-
-VMIMPORT_TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "vmie.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
 
 
 def import_settings(s: Settings) -> Settings:

@@ -18,6 +18,7 @@ from fedimg.aws.clients import Clients
 from fedimg.aws.gc import Orphan, find_orphans, gc_command, remove_orphans
 from fedimg.config import Settings
 from fedimg.identity import tag_list
+from fedimg.standins.aws.ec2_import import VMIMPORT_TRUST
 from tests.helpers import ebs, ec2
 
 # moto stamps everything "now": looking from three hours later ages every resource past the
@@ -276,16 +277,6 @@ def test_gc_converges_through_a_faulty_network(settings: Settings, aws: str) -> 
 # The S3 + ImportSnapshot method's leftovers
 
 BUCKET = "fedimg-staging"
-VMIMPORT_TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "vmie.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
 
 
 def import_world(aws: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:

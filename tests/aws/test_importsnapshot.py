@@ -24,21 +24,12 @@ from fedimg.errors import AwsError, TransientError
 from fedimg.identity import TAG_STATE, ImageIdentity, tags_of
 from fedimg.source import BLOCK_SIZE, ImageSource, sha256_file
 from fedimg.standins.aws import options
+from fedimg.standins.aws.ec2_import import VMIMPORT_TRUST
 from fedimg.standins.synthetic import write_sparse_image
 from tests.helpers import Recorder, ebs, ec2, record
 
 BUCKET = "fedimg-staging"
 SIZE = 2 * MIN_PART_SIZE + 3 * BLOCK_SIZE + 512  # three parts, the last one short
-TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "vmie.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
 
 
 class Killed(BaseException):
@@ -61,7 +52,7 @@ def world(aws: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Sett
     monkeypatch.setenv(options.IMPORT_SECONDS, "0.3")
     boto3.client("s3", region_name="us-east-1", endpoint_url=aws).create_bucket(Bucket=BUCKET)
     iam = boto3.client("iam", region_name="us-east-1", endpoint_url=aws)
-    iam.create_role(RoleName="vmimport", AssumeRolePolicyDocument=json.dumps(TRUST))
+    iam.create_role(RoleName="vmimport", AssumeRolePolicyDocument=json.dumps(VMIMPORT_TRUST))
     upload = dataclasses.replace(
         settings.upload, method="import-snapshot", bucket=BUCKET, stall_seconds=30
     )

@@ -40,6 +40,13 @@ FORMATS = ("VHD", "VMDK", "RAW")
 # "Required service role").
 DEFAULT_ROLE = "vmimport"
 VMIE_PRINCIPAL = "vmie.amazonaws.com"
+# The trust policy of that role, for the demo, tests and benchmarks that create it on the stand-in.
+VMIMPORT_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": VMIE_PRINCIPAL}, "Action": "sts:AssumeRole"}
+    ],
+}
 # API_ImportSnapshot.html, TagSpecifications: tags for the import snapshot task.
 TASK_RESOURCE_TYPE = "import-snapshot-task"
 # The fraction of a task's time spent ``pending`` before the disk is read, and the fraction
